@@ -1,0 +1,41 @@
+"""Shared pytest setup: offline, isolated HF caches, and the `--runslow` switch for tests marked `slow`."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+
+# Isolate every Hugging Face cache (hub, datasets, remote-code modules, evaluate modules) in a temp dir
+# and run offline, before any HF library is imported by a test module.
+_HF_HOME = tempfile.mkdtemp(prefix="hf_gru_attn_tests_hf_home_")
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_HUB_CACHE"] = os.path.join(_HF_HOME, "hub")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip_slow = pytest.mark.skip(reason="slow test: run with `pytest --runslow`")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip_slow)
+
+
+@pytest.fixture
+def shared_data():
+    """Path to `../shared/data` (larger real corpora); skips the test when it is not beside the checkout."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present beside this checkout")
+    return SHARED_DATA
