@@ -1,0 +1,725 @@
+"""PyTorch GRU encoder-decoder with attention (Bahdanau et al. 2015; Luong et al. 2015) as a transformers model.
+
+This file imports only torch, transformers, the standard library and sibling modules (by relative import), so that
+it can be uploaded to the Hub and loaded with `trust_remote_code=True`.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
+from transformers.utils import logging
+
+from .configuration_gru_attn import GruAttnConfig
+
+
+logger = logging.get_logger(__name__)
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """
+    Builds teacher-forcing decoder inputs from labels: prepends `decoder_start_token_id`, drops the last position and
+    replaces the label padding value -100 by `pad_token_id` (as in transformers' BART/Marian).
+
+    Args:
+        labels (`torch.LongTensor` of shape `(batch_size, target_length)`): target ids, -100 on ignored positions.
+        pad_token_id (`int`): id that replaces -100.
+        decoder_start_token_id (`int`): first decoder input id.
+
+    Returns:
+        `torch.LongTensor` of shape `(batch_size, target_length)`.
+    """
+    shifted = labels.new_zeros(labels.shape)
+    shifted[:, 1:] = labels[:, :-1]
+    shifted[:, 0] = decoder_start_token_id
+    return shifted.masked_fill_(shifted == -100, pad_token_id)
+
+
+def _check_token_ids(name: str, ids: torch.Tensor, vocab_size: int, allow_ignore_index: bool = False):
+    """Raises `ValueError` unless `ids` is a non-empty 2-D integer tensor with values in `[0, vocab_size)`."""
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype in (torch.bool,) or ids.is_floating_point():
+        shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
+        dtype = ids.dtype if isinstance(ids, torch.Tensor) else None
+        raise ValueError(
+            f"`{name}` must be an integer tensor of shape (batch_size, sequence_length); got {shape} of dtype {dtype}."
+        )
+    if ids.numel() == 0:
+        raise ValueError(f"`{name}` is empty (shape {tuple(ids.shape)}); pass at least one sequence of one token.")
+    valid = ids if not allow_ignore_index else ids[ids != -100]
+    if valid.numel() and (valid.min() < 0 or valid.max() >= vocab_size):
+        raise ValueError(
+            f"`{name}` holds ids outside [0, {vocab_size}) (min {int(valid.min())}, max {int(valid.max())}): the "
+            "tokenizer does not match this model's vocabulary."
+        )
+
+
+@dataclass
+class GruAttnEncoderOutput(BaseModelOutput):
+    r"""
+    Output of [`GruAttnEncoder`]. Every tensor is batch-first, so that `generate()` can expand it for beams.
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, source_length, encoder_output_size)`):
+            Top-layer encoder outputs (both directions concatenated); zero on padding positions.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
+            `(embeddings, last_hidden_state)`, the embedded source and the encoder outputs.
+        final_hidden_state (`torch.FloatTensor` of shape `(batch_size, layers * directions, encoder_hidden_size)`):
+            Final GRU state of every layer and direction, taken at each row's last real token (padding excluded).
+    """
+
+    final_hidden_state: torch.FloatTensor | None = None
+
+
+class GruAttnCache:
+    """
+    Recurrent decoder state carried between `generate()` steps (the model's `cache`).
+
+    Unlike a transformer's key/value cache it does not grow: it holds the decoder GRU state and the attention keys,
+    which are projected from the encoder outputs once per sentence.
+
+    Args:
+        hidden (`torch.FloatTensor` of shape `(decoder_layers, batch_size, hidden_size)`): decoder GRU state.
+        keys (`torch.FloatTensor` of shape `(batch_size, source_length, key_size)`): precomputed attention keys.
+        seq_length (`int`): number of decoder tokens consumed so far.
+    """
+
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, hidden: torch.Tensor, keys: torch.Tensor, seq_length: int):
+        self.hidden = hidden
+        self.keys = keys
+        self.seq_length = seq_length
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Number of decoder tokens consumed so far."""
+        return self.seq_length
+
+    def reorder_cache(self, beam_idx: torch.LongTensor):
+        """Selects batch rows in place (beam search): `beam_idx` `(batch_size,)` gives each row's source row."""
+        self.batch_select_indices(beam_idx)
+
+    def batch_select_indices(self, indices: torch.LongTensor):
+        """Keeps (or repeats) the batch rows given by `indices`, in place."""
+        self.hidden = self.hidden.index_select(1, indices.to(self.hidden.device))
+        self.keys = self.keys.index_select(0, indices.to(self.keys.device))
+
+    def batch_repeat_interleave(self, repeats: int):
+        """Repeats every batch row `repeats` times in place (as `generate()` does for beams and samples)."""
+        self.hidden = self.hidden.repeat_interleave(repeats, dim=1)
+        self.keys = self.keys.repeat_interleave(repeats, dim=0)
+
+
+class GruAttnAttention(nn.Module):
+    """
+    Attention over the encoder outputs with the previous decoder state as query.
+
+    - `"additive"`: Bahdanau et al. (2015), Sec. A.1.2, `e_ij = v^T tanh(W_q s_{i-1} + W_k h_j + b)`. The key term
+      `W_k h_j + b` does not depend on the step, so it is computed once per sentence (`project_keys`).
+    - `"dot"`: Luong et al. (2015), Sec. 3.1, `e_ij = s_{i-1}^T h_j`.
+    - `"general"`: Luong et al. (2015), Sec. 3.1, `e_ij = s_{i-1}^T W h_j`, with `W h_j` computed once per sentence.
+
+    Padding positions get exactly zero weight.
+    """
+
+    def __init__(self, config: GruAttnConfig):
+        super().__init__()
+        self.attention_type = config.attention_type
+        if self.attention_type == "additive":
+            self.query_proj = nn.Linear(config.hidden_size, config.attention_size, bias=False)
+            self.key_proj = nn.Linear(config.encoder_output_size, config.attention_size)
+            self.energy_proj = nn.Linear(config.attention_size, 1, bias=False)
+        elif self.attention_type == "general":
+            self.key_proj = nn.Linear(config.encoder_output_size, config.hidden_size, bias=False)
+
+    def project_keys(self, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            encoder_hidden_states (`torch.FloatTensor` of shape `(batch_size, source_length, encoder_output_size)`).
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, source_length, key_size)`: `attention_size` (additive),
+            `hidden_size` (general) or `encoder_output_size` (dot).
+        """
+        if self.attention_type == "dot":
+            return encoder_hidden_states
+        return self.key_proj(encoder_hidden_states)
+
+    def forward(
+        self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, padding_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            query (`torch.FloatTensor` of shape `(batch_size, hidden_size)`): previous decoder state (top layer).
+            keys (`torch.FloatTensor` of shape `(batch_size, source_length, key_size)`): from `project_keys`.
+            values (`torch.FloatTensor` of shape `(batch_size, source_length, encoder_output_size)`): encoder outputs.
+            padding_mask (`torch.BoolTensor` of shape `(batch_size, source_length)`): `True` on padding positions.
+
+        Returns:
+            `(context, weights)` of shapes `(batch_size, encoder_output_size)` and `(batch_size, source_length)`;
+            weight rows sum to 1.
+        """
+        if self.attention_type == "additive":
+            energy = torch.tanh(keys + self.query_proj(query).unsqueeze(1))  # (batch, src_len, attention_size)
+            scores = self.energy_proj(energy).squeeze(2)  # (batch, src_len)
+        else:
+            scores = torch.bmm(keys, query.unsqueeze(2)).squeeze(2)  # (batch, src_len)
+        scores = scores.masked_fill(padding_mask, torch.finfo(scores.dtype).min)
+        weights = torch.softmax(scores, dim=-1)
+        context = torch.bmm(weights.unsqueeze(1), values).squeeze(1)  # (batch, encoder_output_size)
+        return context, weights
+
+
+class GruAttnPreTrainedModel(PreTrainedModel):
+    """Weight initialisation, tying and generation settings shared by the GRU attention models."""
+
+    config_class = GruAttnConfig
+    config: GruAttnConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    _no_split_modules = ["GruAttnEncoder", "GruAttnDecoder"]
+    # The decoder state cannot be cropped or rewound: generate() refuses assisted decoding for stateful models.
+    _is_stateful = True
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # The decoder state is a GruAttnCache, not a key/value cache: generate() must not build a DynamicCache.
+        return False
+
+    def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
+        # transformers gates every tie by `config.tie_word_embeddings`; here sharing the source/target embeddings
+        # (`share_embeddings`) and tying the output layer (`tie_word_embeddings`) are separate switches, and
+        # `_tied_weights_keys` is built from both in `__init__`.
+        if all_submodels:
+            return super().get_expanded_tied_weights_keys(all_submodels=True)
+        return dict(self._tied_weights_keys or {})
+
+    def _init_weights(self, module: nn.Module):
+        """Normal embeddings (zero padding row), Xavier-uniform linear and GRU input weights, orthogonal GRU
+        recurrent weights (Saxe et al. 2014), zero biases. transformers' default does not handle `nn.GRU`."""
+        if isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+                init.zeros_(module.weight[module.padding_idx])
+        elif isinstance(module, nn.Linear):
+            init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.GRU):
+            for name, param in module.named_parameters():
+                if name.startswith("weight_ih"):
+                    init.xavier_uniform_(param)
+                elif name.startswith("weight_hh"):
+                    init.orthogonal_(param)
+                else:
+                    init.zeros_(param)
+
+
+class GruAttnEncoder(nn.Module):
+    """
+    Embedding and (bi)directional multi-layer GRU over packed sequences, so that padding never enters the
+    recurrence. Rows may be padded on either side and need not be sorted by length.
+    """
+
+    def __init__(self, config: GruAttnConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=config.pad_token_id)
+        self.rnn = nn.GRU(
+            config.embedding_size,
+            config.encoder_hidden_size,
+            num_layers=config.encoder_layers,
+            dropout=config.dropout if config.encoder_layers > 1 else 0.0,
+            bidirectional=config.bidirectional_encoder,
+            batch_first=True,
+        )
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> GruAttnEncoderOutput:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, source_length)`): source token ids.
+            attention_mask (`torch.Tensor` of shape `(batch_size, source_length)`, *optional*):
+                1 (or `True`) on real tokens, 0 on padding; padding may be on either side. `None` means no padding.
+            output_attentions (`bool`, *optional*): accepted for API compatibility; the encoder has no attention.
+            output_hidden_states (`bool`, *optional*): also return `(embeddings, outputs)`.
+            return_dict (`bool`, *optional*): accepted for API compatibility; a [`GruAttnEncoderOutput`] is returned.
+
+        Returns:
+            [`GruAttnEncoderOutput`].
+
+        Raises:
+            ValueError: on a non-integer or non-2-D `input_ids`, ids outside the vocabulary, a mask of another shape,
+                or a row without any real token.
+        """
+        _check_token_ids("input_ids", input_ids, self.config.vocab_size)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        elif attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"`attention_mask` has shape {tuple(attention_mask.shape)} "
+                f"but `input_ids` has {tuple(input_ids.shape)}."
+            )
+        attention_mask = attention_mask.bool()
+        lengths = attention_mask.sum(dim=1)
+        if (lengths == 0).any():
+            rows = (lengths == 0).nonzero().flatten().tolist()
+            raise ValueError(f"Rows {rows} of `attention_mask` have no real token: every source needs at least one.")
+
+        max_positions = self.config.max_source_positions
+        if max_positions is not None and lengths.max() > max_positions:
+            logger.warning(f"Source longer than max_source_positions={max_positions}: truncated to that many tokens.")
+            lengths = lengths.clamp(max=max_positions)
+
+        # Gather each row's real tokens to the front (keeping their order), so packing sees right padding.
+        source_length = input_ids.shape[1]
+        positions = torch.arange(source_length, device=input_ids.device)
+        right_padded = positions.unsqueeze(0) < lengths.unsqueeze(1)
+        order = None
+        if not torch.equal(right_padded, attention_mask):
+            order = torch.sort((~attention_mask).to(torch.int8), dim=1, stable=True).indices
+            input_ids = input_ids.gather(1, order)
+
+        embeddings = self.dropout(self.embed_tokens(input_ids))  # (batch, src_len, embedding_size)
+        packed = pack_padded_sequence(embeddings, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        packed_outputs, final_hidden_state = self.rnn(packed)
+        outputs, _ = pad_packed_sequence(packed_outputs, batch_first=True, total_length=source_length)
+        outputs = self.dropout(outputs)  # (batch, src_len, encoder_output_size), zero on padding
+        if order is not None:
+            outputs = torch.zeros_like(outputs).scatter(1, order.unsqueeze(2).expand_as(outputs), outputs)
+            embeddings = torch.zeros_like(embeddings).scatter(1, order.unsqueeze(2).expand_as(embeddings), embeddings)
+
+        return GruAttnEncoderOutput(
+            last_hidden_state=outputs,
+            hidden_states=(embeddings, outputs) if output_hidden_states else None,
+            final_hidden_state=final_hidden_state.transpose(0, 1),  # (batch, layers * directions, enc_hidden)
+        )
+
+
+def _gru_cell(gates_input: torch.Tensor, hidden: torch.Tensor, weight_hh: torch.Tensor, bias_hh: torch.Tensor):
+    """
+    One GRU step (Cho et al. 2014) with the input projection already done, using `nn.GRU`'s gate layout (r, z, n).
+
+    Args:
+        gates_input (`torch.FloatTensor` of shape `(batch_size, 3 * hidden_size)`): `W_ih x + b_ih`.
+        hidden (`torch.FloatTensor` of shape `(batch_size, hidden_size)`): previous state.
+        weight_hh (`torch.FloatTensor` of shape `(3 * hidden_size, hidden_size)`), bias_hh (`(3 * hidden_size,)`).
+
+    Returns:
+        `torch.FloatTensor` of shape `(batch_size, hidden_size)`: the new state.
+    """
+    gates_hidden = F.linear(hidden, weight_hh, bias_hh)
+    input_r, input_z, input_n = gates_input.chunk(3, dim=1)
+    hidden_r, hidden_z, hidden_n = gates_hidden.chunk(3, dim=1)
+    reset = torch.sigmoid(input_r + hidden_r)
+    update = torch.sigmoid(input_z + hidden_z)
+    candidate = torch.tanh(input_n + reset * hidden_n)
+    return candidate + update * (hidden - candidate)
+
+
+class GruAttnDecoder(nn.Module):
+    """
+    Attention GRU decoder. Per target step i: `c_i = attention(s_{i-1}, H)`, `s_i = GRU([E y_{i-1}; c_i], s_{i-1})`;
+    it returns the readout features `[s_i; c_i; E y_{i-1}]` of every step for the output layer.
+
+    Its parameters are a standard `nn.GRU` (so checkpoints keep torch's names), but the recurrence is unrolled by
+    hand: the embedding part of the GRU input projection is one matmul over all steps, and only the context part
+    and the recurrent matmul run per step.
+    """
+
+    def __init__(self, config: GruAttnConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(
+            config.decoder_vocab_size, config.embedding_size, padding_idx=config.pad_token_id
+        )
+        self.attention = GruAttnAttention(config)
+        self.rnn = nn.GRU(
+            config.embedding_size + config.encoder_output_size,
+            config.hidden_size,
+            num_layers=config.decoder_layers,
+            dropout=config.dropout if config.decoder_layers > 1 else 0.0,
+            batch_first=True,
+        )
+        if config.decoder_init == "bridge":
+            num_directions = 2 if config.bidirectional_encoder else 1
+            self.bridge = nn.Linear(
+                config.encoder_hidden_size * num_directions, config.hidden_size * config.decoder_layers
+            )
+        self.dropout = nn.Dropout(config.dropout)
+
+    def initial_state(self, encoder_final_hidden_state: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            encoder_final_hidden_state (`torch.FloatTensor`): `(batch_size, layers * directions, encoder_hidden_size)`.
+
+        Returns:
+            `torch.FloatTensor` of shape `(decoder_layers, batch_size, hidden_size)`, per `config.decoder_init`:
+            `"bridge"` `tanh(W [h_fwd; h_bwd] + b)` of the top encoder layer (Bahdanau et al. 2015, A.2.2, over both
+            directions), `"last"` the encoder's final states, `"zero"` zeros.
+        """
+        batch_size = encoder_final_hidden_state.shape[0]
+        num_layers, hidden_size = self.config.decoder_layers, self.config.hidden_size
+        if self.config.decoder_init == "zero":
+            return encoder_final_hidden_state.new_zeros(num_layers, batch_size, hidden_size)
+        per_layer = encoder_final_hidden_state.reshape(batch_size, self.config.encoder_layers, -1)
+        if self.config.decoder_init == "last":
+            return per_layer.transpose(0, 1).contiguous()
+        bridged = torch.tanh(self.bridge(per_layer[:, -1]))  # (batch, decoder_layers * hidden_size)
+        return bridged.view(batch_size, num_layers, hidden_size).transpose(0, 1).contiguous()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_padding_mask: torch.Tensor,
+        encoder_final_hidden_state: torch.Tensor | None = None,
+        cache: GruAttnCache | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, GruAttnCache, torch.Tensor, torch.Tensor | None]:
+        """
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, target_length)`): decoder input ids.
+            encoder_hidden_states (`torch.FloatTensor` of shape `(batch_size, source_length, encoder_output_size)`).
+            encoder_padding_mask (`torch.BoolTensor` of shape `(batch_size, source_length)`): `True` on padding.
+            encoder_final_hidden_state (`torch.FloatTensor`, *optional*): see [`GruAttnEncoderOutput`]; needed when
+                `cache` is `None`.
+            cache ([`GruAttnCache`], *optional*): state after the previous tokens; `input_ids` then continue from it.
+            output_attentions (`bool`): also return the attention weights.
+
+        Returns:
+            `(features, cache, outputs, attentions)`: readout features `(batch_size, target_length, hidden_size +
+            encoder_output_size + embedding_size)`, the new [`GruAttnCache`], GRU outputs `(batch_size,
+            target_length, hidden_size)` and, if asked, attention weights `(batch_size, target_length, source_length)`.
+        """
+        embedding_size = self.config.embedding_size
+        embeddings = self.dropout(self.embed_tokens(input_ids))  # (batch, tgt_len, embedding_size)
+        if cache is None:
+            hidden = list(self.initial_state(encoder_final_hidden_state).unbind(0))
+            keys = self.attention.project_keys(encoder_hidden_states)
+            past_length = 0
+        else:
+            hidden, keys, past_length = list(cache.hidden.unbind(0)), cache.keys, cache.seq_length
+
+        layers = [
+            (getattr(self.rnn, f"weight_ih_l{k}"), getattr(self.rnn, f"bias_ih_l{k}"),
+             getattr(self.rnn, f"weight_hh_l{k}"), getattr(self.rnn, f"bias_hh_l{k}"))
+            for k in range(self.config.decoder_layers)
+        ]
+        weight_ih0, bias_ih0 = layers[0][0], layers[0][1]
+        # Embedding part of the first layer's input projection, for all steps at once: (batch, tgt_len, 3 * hidden)
+        embedding_gates = F.linear(embeddings, weight_ih0[:, :embedding_size], bias_ih0)
+        context_weight = weight_ih0[:, embedding_size:]
+
+        outputs, contexts, attentions = [], [], []
+        for step in range(input_ids.shape[1]):
+            context, weights = self.attention(hidden[-1], keys, encoder_hidden_states, encoder_padding_mask)
+            layer_input = embedding_gates[:, step] + F.linear(context, context_weight)
+            for k, (weight_ih, bias_ih, weight_hh, bias_hh) in enumerate(layers):
+                if k > 0:
+                    layer_input = F.linear(self.dropout(hidden[k - 1]), weight_ih, bias_ih)
+                hidden[k] = _gru_cell(layer_input, hidden[k], weight_hh, bias_hh)
+            outputs.append(hidden[-1])
+            contexts.append(context)
+            if output_attentions:
+                attentions.append(weights)
+
+        outputs = torch.stack(outputs, dim=1)  # (batch, tgt_len, hidden_size)
+        features = torch.cat([outputs, torch.stack(contexts, dim=1), embeddings], dim=2)
+        new_cache = GruAttnCache(torch.stack(hidden), keys, past_length + input_ids.shape[1])
+        return features, new_cache, outputs, torch.stack(attentions, dim=1) if output_attentions else None
+
+
+class GruAttnModel(GruAttnPreTrainedModel):
+    """
+    The bare GRU attention encoder-decoder: returns the decoder's readout features (`last_hidden_state`, of size
+    `hidden_size + encoder_output_size + embedding_size`) without the output layer.
+    """
+
+    def __init__(self, config: GruAttnConfig):
+        super().__init__(config)
+        self.encoder = GruAttnEncoder(config)
+        self.decoder = GruAttnDecoder(config)
+        self._tied_weights_keys = (
+            {"decoder.embed_tokens.weight": "encoder.embed_tokens.weight"} if config.share_embeddings else {}
+        )
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.encoder.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.encoder.embed_tokens = value
+        if self.config.share_embeddings:
+            self.decoder.embed_tokens = value
+
+    def get_encoder(self, modality: str | None = None) -> GruAttnEncoder:
+        return self.encoder
+
+    def get_decoder(self, modality: str | None = None) -> GruAttnDecoder:
+        return self.decoder
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: GruAttnEncoderOutput | tuple | None = None,
+        cache: GruAttnCache | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> Seq2SeqModelOutput | tuple:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, source_length)`):
+                Source token ids; not needed when `encoder_outputs` is given.
+            attention_mask (`torch.Tensor` of shape `(batch_size, source_length)`, *optional*):
+                1 on real source tokens, 0 on padding (either side). `None` means no padding.
+            decoder_input_ids (`torch.LongTensor` of shape `(batch_size, target_length)`):
+                Decoder input ids (teacher forcing), or only the newest token when `cache` is given.
+            decoder_attention_mask (`torch.Tensor` of shape `(batch_size, target_length)`, *optional*):
+                The decoder is causal, so right padding of the targets cannot affect earlier positions and needs no
+                mask; accepted for API compatibility and checked to be right-padded.
+            encoder_outputs ([`GruAttnEncoderOutput`] or `tuple`, *optional*): precomputed encoder outputs.
+            cache ([`GruAttnCache`], *optional*): decoder state from the previous call (also accepted as
+                `past_key_values` by the head).
+            use_cache (`bool`, *optional*): return the decoder state as `cache`; defaults to `config.use_cache`.
+            output_attentions (`bool`, *optional*): return the attention weights as `cross_attentions`.
+            output_hidden_states (`bool`, *optional*): return encoder and decoder hidden states.
+            return_dict (`bool`, *optional*): return a [`Seq2SeqModelOutput`] (default) rather than a tuple.
+
+        Returns:
+            [`Seq2SeqModelOutput`] with `last_hidden_state` (readout features, `(batch_size, target_length,
+            hidden_size + encoder_output_size + embedding_size)`), `cache`, `cross_attentions` (a 1-tuple of
+            `(batch_size, 1, target_length, source_length)`), `encoder_last_hidden_state`.
+
+        Raises:
+            ValueError: on missing `decoder_input_ids`, ids outside the vocabulary, wrong shapes or dtypes, a row
+                without real source tokens or a left-padded `decoder_attention_mask`.
+        """
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+
+        if decoder_input_ids is None:
+            raise ValueError("Pass `decoder_input_ids` or `labels` (from which decoder inputs are built).")
+        _check_token_ids("decoder_input_ids", decoder_input_ids, self.config.decoder_vocab_size)
+        mask = decoder_attention_mask
+        if mask is not None and (mask[:, 1:] > mask[:, :-1]).any():
+            raise ValueError("`decoder_attention_mask` must be right-padded (ones, then zeros) in every row.")
+
+        if encoder_outputs is None:
+            if input_ids is None:
+                raise ValueError("Pass `input_ids` (the source) or precomputed `encoder_outputs`.")
+            encoder_outputs = self.encoder(input_ids, attention_mask, output_hidden_states=output_hidden_states)
+        elif not isinstance(encoder_outputs, GruAttnEncoderOutput):
+            encoder_outputs = GruAttnEncoderOutput(
+                last_hidden_state=encoder_outputs[0],
+                hidden_states=encoder_outputs[1] if len(encoder_outputs) > 2 else None,
+                final_hidden_state=encoder_outputs[-1],
+            )
+        encoder_hidden_states = encoder_outputs.last_hidden_state
+        if decoder_input_ids.shape[0] != encoder_hidden_states.shape[0]:
+            raise ValueError(
+                f"`decoder_input_ids` has batch size {decoder_input_ids.shape[0]} but the source has "
+                f"{encoder_hidden_states.shape[0]}."
+            )
+        if attention_mask is None:
+            padding_mask = encoder_hidden_states.new_zeros(encoder_hidden_states.shape[:2], dtype=torch.bool)
+        else:
+            padding_mask = ~attention_mask.bool()
+
+        features, new_cache, decoder_outputs, attentions = self.decoder(
+            decoder_input_ids,
+            encoder_hidden_states,
+            padding_mask,
+            encoder_outputs.final_hidden_state,
+            cache=cache if isinstance(cache, GruAttnCache) else None,
+            output_attentions=output_attentions,
+        )
+        output = Seq2SeqModelOutput(
+            last_hidden_state=features,
+            cache=new_cache if use_cache else None,
+            decoder_hidden_states=(decoder_outputs,) if output_hidden_states else None,
+            cross_attentions=(attentions.unsqueeze(1),) if output_attentions else None,
+            encoder_last_hidden_state=encoder_hidden_states,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class GruAttnForConditionalGeneration(GruAttnPreTrainedModel, GenerationMixin):
+    """
+    GRU attention encoder-decoder with a language-modelling head, for translation and other seq2seq tasks; works
+    with `generate()` (greedy, beam search, sampling), `Seq2SeqTrainer` and the Auto classes.
+
+    Output layer: `logits = W_out r + b` with the readout `r = [s_i; c_i; E y_{i-1}]`; when
+    `config.tie_word_embeddings`, the readout is first mapped to `embedding_size` by `tanh(W_r r)` and `W_out` is
+    the target embedding matrix (Press & Wolf 2017).
+    """
+
+    # The loss is summed and divided by `num_items_in_batch` when the Trainer passes it (exact gradient accumulation).
+    accepts_loss_kwargs = True
+
+    def __init__(self, config: GruAttnConfig):
+        super().__init__(config)
+        self.model = GruAttnModel(config)
+        readout_size = config.hidden_size + config.encoder_output_size + config.embedding_size
+        if config.tie_word_embeddings:
+            self.readout = nn.Linear(readout_size, config.embedding_size, bias=False)
+            readout_size = config.embedding_size
+        self.lm_head = nn.Linear(readout_size, config.decoder_vocab_size)
+        # Point every tie at its root parameter: chains (lm_head -> decoder -> encoder) do not survive loading.
+        self._tied_weights_keys = {}
+        if config.tie_word_embeddings:
+            source = "encoder" if config.share_embeddings else "decoder"
+            self._tied_weights_keys["lm_head.weight"] = f"model.{source}.embed_tokens.weight"
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear):
+        self.lm_head = new_embeddings
+
+    def get_encoder(self, modality: str | None = None) -> GruAttnEncoder:
+        return self.model.encoder
+
+    def get_decoder(self, modality: str | None = None) -> GruAttnDecoder:
+        return self.model.decoder
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Teacher-forcing decoder inputs from `labels` (see [`shift_tokens_right`]); used by the seq2seq collator."""
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: GruAttnEncoderOutput | tuple | None = None,
+        cache: GruAttnCache | None = None,
+        past_key_values: GruAttnCache | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> Seq2SeqLMOutput | tuple:
+        r"""
+        Args:
+            input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, encoder_outputs, cache, use_cache,
+            output_attentions, output_hidden_states, return_dict: as in [`GruAttnModel.forward`].
+            past_key_values ([`GruAttnCache`], *optional*): the older name of `cache`.
+            labels (`torch.LongTensor` of shape `(batch_size, target_length)`, *optional*):
+                Target ids for the cross-entropy loss; -100 marks ignored positions. Without `decoder_input_ids`, the
+                decoder inputs are `labels` shifted right with `decoder_start_token_id`.
+            num_items_in_batch (`int` or `torch.Tensor`, *optional*):
+                Number of non-ignored label tokens in the whole (accumulated) batch, passed by the Trainer: the loss
+                is then the summed token loss divided by it, so gradient accumulation matches one large batch.
+
+        Returns:
+            [`Seq2SeqLMOutput`] with `loss` (scalar, when `labels` are given: mean token cross-entropy, or sum /
+            `num_items_in_batch`), `logits` (`(batch_size, target_length, decoder_vocab_size)`), `cache`,
+            `cross_attentions`, `encoder_last_hidden_state`.
+
+        Raises:
+            ValueError: as [`GruAttnModel.forward`], and on labels outside the target vocabulary (other than -100) or
+                of another shape than `decoder_input_ids`.
+
+        Example:
+
+        ```python
+        >>> import torch
+        >>> from hf_gru_attn import GruAttnConfig, GruAttnForConditionalGeneration
+        >>> model = GruAttnForConditionalGeneration(GruAttnConfig(vocab_size=100, embedding_size=16, hidden_size=32))
+        >>> out = model(input_ids=torch.tensor([[5, 6, 7, 2]]), labels=torch.tensor([[8, 9, 2]]))
+        >>> out.logits.shape
+        torch.Size([1, 3, 100])
+        ```
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if cache is None:
+            cache = past_key_values
+        if labels is not None:
+            _check_token_ids("labels", labels, self.config.decoder_vocab_size, allow_ignore_index=True)
+            if decoder_input_ids is None:
+                decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+            elif decoder_input_ids.shape != labels.shape:
+                raise ValueError(
+                    f"`labels` has shape {tuple(labels.shape)} but `decoder_input_ids` has "
+                    f"{tuple(decoder_input_ids.shape)}; they must match position for position."
+                )
+            use_cache = False
+
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            encoder_outputs=encoder_outputs,
+            cache=cache,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        features = F.dropout(outputs.last_hidden_state, self.config.dropout, self.training)
+        if self.config.tie_word_embeddings:
+            features = torch.tanh(self.readout(features))
+        logits = self.lm_head(features)  # (batch, tgt_len, decoder_vocab_size)
+
+        loss = None
+        if labels is not None:
+            flat_logits, flat_labels = logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1)
+            if num_items_in_batch is None:
+                loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100)
+            else:
+                loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100, reduction="sum")
+                loss = loss / num_items_in_batch
+
+        output = Seq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "GruAttnCache",
+    "GruAttnEncoderOutput",
+    "GruAttnForConditionalGeneration",
+    "GruAttnModel",
+    "GruAttnPreTrainedModel",
+]
