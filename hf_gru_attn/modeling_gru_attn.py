@@ -20,6 +20,10 @@ from .configuration_gru_attn import GruAttnConfig
 
 logger = logging.get_logger(__name__)
 
+# generate() defaults shipped with every model (save_pretrained writes them to generation_config.json; from_pretrained
+# reads that file back instead). `max_length` counts the decoder start token; users override any of them per call.
+DEFAULT_GENERATION_SETTINGS = {"num_beams": 5, "max_length": 128, "early_stopping": True, "length_penalty": 1.0}
+
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
     """
@@ -593,6 +597,9 @@ class GruAttnForConditionalGeneration(GruAttnPreTrainedModel, GenerationMixin):
             source = "encoder" if config.share_embeddings else "decoder"
             self._tied_weights_keys["lm_head.weight"] = f"model.{source}.embed_tokens.weight"
         self.post_init()
+        for name, value in DEFAULT_GENERATION_SETTINGS.items():
+            if getattr(self.generation_config, name, None) is None:
+                setattr(self.generation_config, name, value)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.get_input_embeddings()
