@@ -15,6 +15,7 @@ from .modeling_gru_attn import (
     GruAttnModel,
     GruAttnPreTrainedModel,
 )
+from .pipeline_gru_attn import GruAttnTranslationPipeline, register_pipeline
 
 
 AutoConfig.register(GruAttnConfig.model_type, GruAttnConfig, exist_ok=True)
@@ -23,6 +24,7 @@ AutoModelForSeq2SeqLM.register(GruAttnConfig, GruAttnForConditionalGeneration, e
 GruAttnConfig.register_for_auto_class()
 GruAttnModel.register_for_auto_class("AutoModel")
 GruAttnForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
+register_pipeline()
 
 __all__ = [
     "GruAttnCache",
@@ -31,4 +33,5 @@ __all__ = [
     "GruAttnForConditionalGeneration",
     "GruAttnModel",
     "GruAttnPreTrainedModel",
+    "GruAttnTranslationPipeline",
 ]

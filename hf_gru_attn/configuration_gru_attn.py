@@ -2,6 +2,8 @@
 
 from transformers import PreTrainedConfig
 
+from .pipeline_gru_attn import custom_pipelines as default_custom_pipelines
+
 
 ATTENTION_TYPES = ("additive", "dot", "general")
 DECODER_INIT_TYPES = ("bridge", "last", "zero")
@@ -66,6 +68,10 @@ class GruAttnConfig(PreTrainedConfig):
             First decoder input token; `None` means `bos_token_id`.
         use_cache (`bool`, *optional*, defaults to `True`):
             Return the decoder state as a cache for incremental decoding.
+        custom_pipelines (`dict`, *optional*):
+            Pipeline tasks saved into `config.json`, so that
+            `pipeline("translation", model=..., trust_remote_code=True)` works (transformers 5.x removed that
+            task); `None` means this package's translation pipeline.
 
     Raises:
         ValueError: if a field has a value outside its allowed range or set (the message names the field and what is
@@ -106,6 +112,7 @@ class GruAttnConfig(PreTrainedConfig):
     decoder_start_token_id: int | None = None
     is_encoder_decoder: bool = True
     use_cache: bool = True
+    custom_pipelines: dict | None = None
 
     def __post_init__(self, **kwargs):
         if self.decoder_vocab_size is None:
@@ -116,6 +123,8 @@ class GruAttnConfig(PreTrainedConfig):
             self.attention_size = self.hidden_size
         if self.decoder_start_token_id is None:
             self.decoder_start_token_id = self.bos_token_id
+        if self.custom_pipelines is None:
+            self.custom_pipelines = default_custom_pipelines()
         self._check_fields()
         super().__post_init__(**kwargs)
 
@@ -175,8 +184,9 @@ class GruAttnConfig(PreTrainedConfig):
             )
         for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
             # pad is used on both sides; the other special ids are target tokens
-            limit = min(self.vocab_size, self.decoder_vocab_size) if name == "pad_token_id" else None
-            limit = limit or self.decoder_vocab_size
+            limit = self.decoder_vocab_size
+            if name == "pad_token_id":
+                limit = min(self.vocab_size, limit)
             ids = getattr(self, name)
             for value in ids if isinstance(ids, list) else [ids]:
                 valid = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < limit

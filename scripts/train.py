@@ -350,7 +350,9 @@ def main(argv: list[str] | None = None):
         trainer.save_metrics("test", test_metrics)
         (output_dir / "test_predictions.txt").write_text("\n".join(hypotheses) + "\n", encoding="utf-8")
 
-    (output_dir / "README.md").write_text(render_model_card(str(output_dir)), encoding="utf-8")
+    (output_dir / "README.md").write_text(render_model_card(
+        str(output_dir), source_lang=data_args.source_lang, target_lang=data_args.target_lang
+    ), encoding="utf-8")
     logger.info(f"Model, tokenizer, card and results written to {output_dir} ({train_minutes:.1f} min of training).")
 
 
