@@ -546,10 +546,20 @@ class GruAttnModel(GruAttnPreTrainedModel):
                 f"`decoder_input_ids` has batch size {decoder_input_ids.shape[0]} but the source has "
                 f"{encoder_hidden_states.shape[0]}."
             )
+        source_shape = tuple(encoder_hidden_states.shape[:2])
         if attention_mask is None:
-            padding_mask = encoder_hidden_states.new_zeros(encoder_hidden_states.shape[:2], dtype=torch.bool)
+            real = encoder_hidden_states.new_ones(source_shape, dtype=torch.bool)
+        elif tuple(attention_mask.shape) != source_shape:
+            raise ValueError(
+                f"`attention_mask` has shape {tuple(attention_mask.shape)} but the source (encoder outputs) has "
+                f"{source_shape}."
+            )
         else:
-            padding_mask = ~attention_mask.bool()
+            real = attention_mask.bool()
+        if self.config.max_source_positions is not None:
+            # The encoder kept only each row's first max_source_positions real tokens: the rest get no attention.
+            real = real & (real.cumsum(dim=1) <= self.config.max_source_positions)
+        padding_mask = ~real
 
         features, new_cache, decoder_outputs, attentions = self.decoder(
             decoder_input_ids,
