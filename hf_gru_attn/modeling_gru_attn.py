@@ -527,8 +527,22 @@ class GruAttnModel(GruAttnPreTrainedModel):
             raise ValueError("Pass `decoder_input_ids` or `labels` (from which decoder inputs are built).")
         _check_token_ids("decoder_input_ids", decoder_input_ids, self.config.decoder_vocab_size)
         mask = decoder_attention_mask
-        if mask is not None and (mask[:, 1:] > mask[:, :-1]).any():
-            raise ValueError("`decoder_attention_mask` must be right-padded (ones, then zeros) in every row.")
+        if mask is not None:
+            # generate() passes the mask of all decoder tokens so far, while decoder_input_ids hold only the new ones
+            past_length = cache.seq_length if isinstance(cache, GruAttnCache) else 0
+            expected = (decoder_input_ids.shape[0], past_length + decoder_input_ids.shape[1])
+            if tuple(mask.shape) != expected:
+                raise ValueError(
+                    f"`decoder_attention_mask` has shape {tuple(mask.shape)}, expected {expected} (batch size, "
+                    "decoder tokens including those already in `cache`)."
+                )
+            if (mask[:, 1:] > mask[:, :-1]).any():
+                raise ValueError("`decoder_attention_mask` must be right-padded (ones, then zeros) in every row.")
+        if isinstance(cache, GruAttnCache) and cache.hidden.shape[1] != decoder_input_ids.shape[0]:
+            raise ValueError(
+                f"`cache` holds {cache.hidden.shape[1]} rows but `decoder_input_ids` has batch size "
+                f"{decoder_input_ids.shape[0]}."
+            )
 
         if encoder_outputs is None:
             if input_ids is None:
@@ -538,7 +552,12 @@ class GruAttnModel(GruAttnPreTrainedModel):
             encoder_outputs = GruAttnEncoderOutput(
                 last_hidden_state=encoder_outputs[0],
                 hidden_states=encoder_outputs[1] if len(encoder_outputs) > 2 else None,
-                final_hidden_state=encoder_outputs[-1],
+                final_hidden_state=encoder_outputs[-1] if len(encoder_outputs) > 1 else None,
+            )
+        if encoder_outputs.final_hidden_state is None and not isinstance(cache, GruAttnCache):
+            raise ValueError(
+                "`encoder_outputs` lacks the encoder's final state (`final_hidden_state`, the last element of a "
+                "tuple), which starts the decoder: pass what `model.get_encoder()` returns."
             )
         encoder_hidden_states = encoder_outputs.last_hidden_state
         if decoder_input_ids.shape[0] != encoder_hidden_states.shape[0]:
@@ -716,8 +735,12 @@ class GruAttnForConditionalGeneration(GruAttnPreTrainedModel, GenerationMixin):
         if labels is not None:
             flat_logits, flat_labels = logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1)
             if num_items_in_batch is None:
+                if (flat_labels == -100).all():
+                    raise ValueError("Every position of `labels` is -100: there is no token to compute a loss on.")
                 loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100)
             else:
+                if num_items_in_batch <= 0:
+                    raise ValueError(f"`num_items_in_batch` must be positive, got {num_items_in_batch}.")
                 loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100, reduction="sum")
                 loss = loss / num_items_in_batch
 
