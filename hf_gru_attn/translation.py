@@ -1,0 +1,254 @@
+"""Batch translation with a saved model: loading, line I/O, length-sorted batched `generate`, attention alignments.
+
+Shared by `scripts/translate.py`, `scripts/evaluate.py` and anything else that turns sentences into translations, so
+batching, ordering and generation settings are decided in one place.
+"""
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass
+class DecodingArguments:
+    """Command-line decoding options shared by the translation scripts (parsed with `HfArgumentParser`)."""
+
+    num_beams: int | None = field(
+        default=None, metadata={"help": "Beam size; 1 is greedy search. Default: the model's generation_config."}
+    )
+    max_new_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Maximum tokens generated per sentence (EOS included). Default: the model's generation_config."
+        },
+    )
+    batch_size: int = field(
+        default=32, metadata={"help": "Sentences per generate() call; sentences are grouped by length."}
+    )
+
+    def __post_init__(self):
+        for name in ("num_beams", "max_new_tokens", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name} must be at least 1, got {value}.")
+
+    def generate_kwargs(self) -> dict[str, int]:
+        """Keyword arguments for `model.generate`: the options that were set; the model's defaults cover the rest."""
+        return {name: value for name in ("num_beams", "max_new_tokens") if (value := getattr(self, name)) is not None}
+
+
+@dataclass
+class AttentionAlignment:
+    """
+    Attention weights of one translated sentence (Bahdanau et al. 2015, Fig. 3).
+
+    Attributes:
+        source_tokens (`list[str]`): the `source_len` encoder input tokens, special tokens included.
+        target_tokens (`list[str]`): the `target_len` generated tokens after the decoder start token, EOS included.
+        weights (`np.ndarray` of shape `(target_len, source_len)`): row `t` is the attention distribution over the
+            source when target token `t` was produced; each row sums to 1.
+        translation (`str`): the decoded translation, special tokens removed.
+    """
+
+    source_tokens: list[str]
+    target_tokens: list[str]
+    weights: np.ndarray
+    translation: str
+
+
+def split_lines(text: str) -> list[str]:
+    """
+    Split text into lines on `\\n`, `\\r\\n` or `\\r` only (unlike `str.splitlines`, which also splits on form feeds,
+    `\\x1c`..`\\x1e`, `\\u2028`, ... and would make line counts disagree with `wc -l` and with the reference file).
+
+    Args:
+        text (`str`): file contents.
+
+    Returns:
+        `list[str]`: the lines without their terminators; a final terminator does not start an extra empty line.
+    """
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def read_lines(path: str | os.PathLike) -> list[str]:
+    """
+    Read a UTF-8 text file (optional BOM, LF/CRLF/CR line ends) as a list of lines.
+
+    Args:
+        path (`str` or `os.PathLike`): the file.
+
+    Returns:
+        `list[str]`: one string per line, without line terminators.
+
+    Raises:
+        FileNotFoundError: if `path` is not an existing file.
+        ValueError: if the file is not valid UTF-8.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Input file {str(path)!r} does not exist or is not a file; check the path.")
+    try:
+        return split_lines(path.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{str(path)!r} is not valid UTF-8 ({err}); convert it, e.g. with `iconv -t UTF-8`."
+        ) from None
+
+
+def write_lines(lines: Sequence[str], path: str | os.PathLike | None = None) -> None:
+    """
+    Write strings as UTF-8 lines (`\\n`-terminated) to `path`, or to stdout when `path` is `None`.
+
+    Line breaks inside a string are replaced by spaces, so that each string is exactly one output line.
+
+    Args:
+        lines (`Sequence[str]`): the lines.
+        path (`str` or `os.PathLike`, *optional*): output file (created or overwritten); `None` means stdout.
+    """
+    text = "".join(line.replace("\r", " ").replace("\n", " ") + "\n" for line in lines)
+    if path is None:
+        sys.stdout.buffer.write(text.encode("utf-8"))
+        sys.stdout.buffer.flush()
+    else:
+        Path(path).write_text(text, encoding="utf-8")
+
+
+def load_translation_model(
+    model_dir: str | os.PathLike, device: str | torch.device | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """
+    Load a saved model and its tokenizer with the Auto classes, in eval mode.
+
+    Args:
+        model_dir (`str` or `os.PathLike`): folder written by `model.save_pretrained` and `tokenizer.save_pretrained`
+            (e.g. by `scripts/train.py`).
+        device (`str` or `torch.device`, *optional*): where to put the model; default CUDA when available, else CPU.
+
+    Returns:
+        `tuple[PreTrainedModel, PreTrainedTokenizerBase]`: `(model, tokenizer)`.
+
+    Raises:
+        FileNotFoundError: if `model_dir` is not a folder, or lacks `config.json` or the tokenizer files.
+    """
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"Model folder {str(path)!r} does not exist. Pass the folder written by `save_pretrained` (for example "
+            "the output_dir of scripts/train.py); it must hold config.json, the weights and the tokenizer files."
+        )
+    for required, hint in (
+        ("config.json", "model.save_pretrained"),
+        ("tokenizer_config.json", "tokenizer.save_pretrained"),
+    ):
+        if not (path / required).is_file():
+            raise FileNotFoundError(f"{str(path)!r} has no {required}; save it there with `{hint}({str(path)!r})`.")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForSeq2SeqLM.from_pretrained(path).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model, tokenizer
+
+
+def translate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    batch_size: int = 32,
+    show_progress: bool = False,
+    **generate_kwargs,
+) -> list[str]:
+    """
+    Translate sentences in length-sorted batches and return the translations in input order.
+
+    Sentences are tokenised once, sorted by token count (longest first, so each batch carries little padding and a
+    too-large batch fails at once), padded per batch and passed to `model.generate`. Empty or whitespace-only texts
+    are not sent to the model and give `""`. The model should be in eval mode (as `from_pretrained` leaves it).
+
+    Args:
+        model (`PreTrainedModel`): an encoder-decoder model with `generate`.
+        tokenizer (`PreTrainedTokenizerBase`): its tokenizer (source and target side).
+        texts (`Sequence[str]`): source sentences; leading/trailing whitespace is ignored.
+        batch_size (`int`, *optional*, defaults to 32): sentences per `generate` call.
+        show_progress (`bool`, *optional*, defaults to `False`): show a tqdm bar (on stderr), counting sentences.
+        **generate_kwargs: passed to `model.generate` (e.g. `num_beams`, `max_new_tokens`).
+
+    Returns:
+        `list[str]`: `len(texts)` translations, special tokens removed; `result[i]` translates `texts[i]`.
+
+    Raises:
+        ValueError: if `batch_size < 1` or `num_return_sequences` is not 1 (one translation per input).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    if generate_kwargs.get("num_return_sequences", 1) != 1:
+        raise ValueError("translate() returns one translation per input; num_return_sequences must be 1.")
+    translations = [""] * len(texts)
+    nonempty = [i for i, text in enumerate(texts) if text.strip()]
+    input_ids = tokenizer([texts[i].strip() for i in nonempty])["input_ids"] if nonempty else []
+    order = sorted(range(len(nonempty)), key=lambda j: len(input_ids[j]), reverse=True)
+    with tqdm(total=len(order), unit="sentence", disable=not show_progress, file=sys.stderr) as progress:
+        for start in range(0, len(order), batch_size):
+            batch_indices = order[start : start + batch_size]
+            batch = tokenizer.pad({"input_ids": [input_ids[j] for j in batch_indices]}, return_tensors="pt")
+            output_ids = model.generate(**batch.to(model.device), **generate_kwargs)
+            decoded = tokenizer.batch_decode(output_ids, skip_special_tokens=True)
+            for j, translation in zip(batch_indices, decoded):
+                translations[nonempty[j]] = translation
+            progress.update(len(batch_indices))
+    return translations
+
+
+def attention_alignment(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str, **generate_kwargs
+) -> AttentionAlignment:
+    """
+    Translate one sentence and return the cross-attention weights behind each generated token.
+
+    Uses `generate(..., output_attentions=True, return_dict_in_generate=True)`, whose `cross_attentions` is a tuple
+    over generation steps of tuples over layers of `(batch_size * num_beams, num_heads, 1, source_len)` tensors. The
+    last layer is used, averaged over heads (the GRU model has one layer and one head). With beam search the row of
+    each step is the beam the final hypothesis came from (`beam_indices`).
+
+    Args:
+        model (`PreTrainedModel`): an encoder-decoder model whose forward returns `cross_attentions`.
+        tokenizer (`PreTrainedTokenizerBase`): its tokenizer.
+        text (`str`): the source sentence.
+        **generate_kwargs: passed to `model.generate` (e.g. `num_beams`, `max_new_tokens`).
+
+    Returns:
+        [`AttentionAlignment`]: source tokens, target tokens, `(target_len, source_len)` weights and translation.
+
+    Raises:
+        ValueError: if `text` is empty or whitespace-only, or the model returned no cross-attentions.
+    """
+    if not text.strip():
+        raise ValueError("Cannot align an empty sentence; give a sentence with at least one token.")
+    batch = tokenizer([text.strip()], return_tensors="pt").to(model.device)
+    output = model.generate(**batch, **generate_kwargs, output_attentions=True, return_dict_in_generate=True)
+    if not output.cross_attentions:
+        raise ValueError(f"{type(model).__name__}.generate returned no cross_attentions; cannot draw an alignment.")
+    target_ids = output.sequences[0, 1:].tolist()  # drop the decoder start token
+    if tokenizer.eos_token_id in target_ids:
+        target_ids = target_ids[: target_ids.index(tokenizer.eos_token_id) + 1]
+    beam_indices = getattr(output, "beam_indices", None)
+    rows = []
+    for step in range(len(target_ids)):
+        row = 0 if beam_indices is None else int(beam_indices[0, step])
+        last_layer = output.cross_attentions[step][-1]  # (batch_size * num_beams, num_heads, 1, source_len)
+        rows.append(last_layer[row, :, -1, :].mean(dim=0))  # (source_len,)
+    return AttentionAlignment(
+        source_tokens=tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist()),
+        target_tokens=tokenizer.convert_ids_to_tokens(target_ids),
+        weights=torch.stack(rows).float().cpu().numpy(),
+        translation=tokenizer.decode(target_ids, skip_special_tokens=True),
+    )
