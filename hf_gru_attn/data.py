@@ -12,7 +12,7 @@ from pathlib import Path
 
 import datasets
 from datasets.fingerprint import Hasher
-from transformers import PreTrainedTokenizerBase
+from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
 
 logger = logging.getLogger(__name__)
@@ -355,3 +355,24 @@ def tokenize_dataset(
             desc=f"Tokenizing {split}",
         )
     return datasets.DatasetDict(tokenized)
+
+
+class Seq2SeqCollator(DataCollatorForSeq2Seq):
+    """
+    transformers' `DataCollatorForSeq2Seq` (dynamic padding; labels padded with `label_pad_token_id`, -100 by default;
+    `decoder_input_ids` from `model.prepare_decoder_input_ids_from_labels`) that leaves `labels` out of a batch
+    without targets.
+
+    transformers 5.24's collator returns `labels: None` for unlabelled features, and `Seq2SeqTrainer.prediction_step`
+    then runs the loss forward without targets, so `predict()` on source-only data fails (BL-11).
+
+    Returns:
+        `dict[str, torch.Tensor]`: `input_ids`, `attention_mask` `(batch_size, max_source_length)` and, when the
+        features have labels, `labels` and `decoder_input_ids` `(batch_size, max_target_length)`.
+    """
+
+    def __call__(self, features, return_tensors=None):
+        batch = super().__call__(features, return_tensors)
+        if "labels" in batch and batch["labels"] is None:
+            del batch["labels"]
+        return batch

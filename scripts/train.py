@@ -15,6 +15,7 @@ card), `all_results.json` (sacreBLEU, chrF and their signatures), `learning_curv
 import json
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,10 +26,11 @@ from pathlib import Path
 sys.path = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
 
 import transformers  # noqa: E402
+from safetensors import safe_open  # noqa: E402
+from torch.utils.data import SequentialSampler  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
-    DataCollatorForSeq2Seq,
     EarlyStoppingCallback,
     HfArgumentParser,
     Seq2SeqTrainer,
@@ -36,10 +38,10 @@ from transformers import (  # noqa: E402
     TrainerCallback,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length  # noqa: E402
 
 from hf_gru_attn import GruAttnConfig, GruAttnForConditionalGeneration  # noqa: E402
-from hf_gru_attn.data import load_bundled_multi30k, load_parallel_dataset, tokenize_dataset  # noqa: E402
+from hf_gru_attn.data import Seq2SeqCollator, load_bundled_multi30k, load_parallel_dataset, tokenize_dataset  # noqa: E402
 from hf_gru_attn.evaluation import build_compute_metrics, compute_translation_metrics, decode_token_ids  # noqa: E402
 from hf_gru_attn.model_card import render_model_card  # noqa: E402
 from hf_gru_attn.tokenization import train_tokenizer  # noqa: E402
@@ -177,6 +179,76 @@ def parse_arguments(argv: list[str]):
     return model_args, data_args, training_args, recipe_args
 
 
+class TranslationTrainer(Seq2SeqTrainer):
+    """
+    `Seq2SeqTrainer` whose evaluation and prediction score every example exactly once, in dataset order.
+
+    - Evaluation and test batches follow the dataset order even with `--train_sampling_strategy group_by_length`
+      (transformers applies that length-grouped shuffle to evaluation too), so the rows of `predict()` line up with
+      the raw test references.
+    - Under DDP the samples that the distributed sampler repeats to even out the last batch are dropped
+      (`gather_for_metrics`). `Seq2SeqTrainer` uses plain `gather` since huggingface/transformers#27025, for
+      `num_return_sequences > 1`, which this recipe never uses; with plain `gather` an eval set of 7 sentences on 2
+      processes gives `compute_metrics` 8 predictions.
+    """
+
+    def _get_eval_sampler(self, eval_dataset):
+        if eval_dataset is None or not has_length(eval_dataset):
+            return None
+        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+
+    def evaluation_loop(self, *args, **kwargs):
+        self.gather_function = self.accelerator.gather_for_metrics
+        return super().evaluation_loop(*args, **kwargs)
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """
+    Why a Trainer checkpoint folder cannot be resumed from, or `None` when it is complete.
+
+    transformers writes checkpoints in place (no temporary folder and rename): weights, optimizer, scheduler, RNG
+    state and finally `trainer_state.json`. A run killed while saving leaves a folder without `trainer_state.json`
+    or with a truncated weights file, which `get_last_checkpoint` would still pick.
+    """
+    state = checkpoint / "trainer_state.json"
+    if not state.is_file():
+        return "no trainer_state.json, which the Trainer writes last"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        return f"unreadable trainer_state.json ({err})"
+    weights = [checkpoint / "model.safetensors"]
+    index = checkpoint / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weights = [checkpoint / name for name in set(json.loads(index.read_text())["weight_map"].values())]
+        except (OSError, ValueError, KeyError) as err:
+            return f"unreadable {index.name} ({err})"
+    elif not weights[0].is_file() and (checkpoint / "pytorch_model.bin").is_file():
+        return None
+    for path in weights:
+        try:
+            with safe_open(str(path), framework="pt") as f:  # checks that the file covers every tensor
+                f.keys()
+        except Exception as err:  # missing, truncated or garbled: safetensors raises its own error types
+            return f"{path.name} cannot be read ({err})"
+    return None
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The highest-step `checkpoint-<step>` folder of `output_dir` that is complete; incomplete ones are logged."""
+    pattern = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
+    checkpoints = [
+        (int(m.group(1)), p) for p in Path(output_dir).iterdir() if (m := pattern.fullmatch(p.name)) and p.is_dir()
+    ]
+    for _, path in sorted(checkpoints, reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return str(path)
+        logger.warning(f"Skipping checkpoint {path}: {problem} (the run was probably stopped while saving it).")
+    return None
+
+
 def check_output_dir(output_dir: str, overwrite: bool) -> str | None:
     """
     Decides what to do with an existing output directory, before any work starts.
@@ -190,7 +262,7 @@ def check_output_dir(output_dir: str, overwrite: bool) -> str | None:
     path = Path(output_dir)
     if overwrite or not path.is_dir() or not any(path.iterdir()):
         return None
-    last_checkpoint = get_last_checkpoint(output_dir)
+    last_checkpoint = last_complete_checkpoint(output_dir)
     if last_checkpoint is not None and not (path / "all_results.json").exists():
         logger.info(f"Resuming the interrupted run in {output_dir} from {last_checkpoint}.")
         return last_checkpoint
@@ -255,6 +327,11 @@ def main(argv: list[str] | None = None):
             raw_datasets[split] = raw_datasets[split].select(range(min(limit, len(raw_datasets[split]))))
     if "train" not in raw_datasets:
         raise ValueError("No training split: pass --train_file or --dataset_name with a train split.")
+    if len(raw_datasets["train"]) == 0:
+        raise ValueError(
+            f"The training data ({data_args.train_file or data_args.dataset_name or 'bundled'}) has no sentence pair "
+            "with both sides non-empty (or --max_train_samples is 0): nothing to train on."
+        )
 
     # Tokenizer: the fine-tuned model's, a named one, the one of an interrupted run, or a new one.
     tokenizer_source = model_args.model_name_or_path or model_args.tokenizer_name
@@ -320,12 +397,12 @@ def main(argv: list[str] | None = None):
     callbacks = [clock]
     if training_args.load_best_model_at_end and "validation" in tokenized:
         callbacks.append(EarlyStoppingCallback(recipe_args.early_stopping_patience))
-    trainer = Seq2SeqTrainer(
+    trainer = TranslationTrainer(
         model=model,
         args=training_args,
         train_dataset=tokenized["train"],
         eval_dataset=tokenized.get("validation"),
-        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
+        data_collator=Seq2SeqCollator(tokenizer, model=model, label_pad_token_id=-100),
         processing_class=tokenizer,
         compute_metrics=build_compute_metrics(tokenizer),
         callbacks=callbacks,
