@@ -103,6 +103,19 @@ def _results_section(results: dict | None, entries: list[EvalResult]) -> str:
     return "\n".join(lines)
 
 
+def _training_section(results: dict | None, model_dir: Path) -> str:
+    if not results or "train_wall_clock_minutes" not in results:
+        return "No training record: `all_results.json` has no `train_wall_clock_minutes`."
+    lines = [
+        f"Trained with `scripts/train.py` for {results['train_wall_clock_minutes']:.1f} minutes of wall-clock "
+        f"({results.get('epoch', 0):.1f} epochs, final training loss {results.get('train_loss', float('nan')):.3f}); "
+        "the checkpoint with the best validation BLEU (greedy decoding of the validation set) was kept.",
+    ]
+    if (model_dir / "learning_curve.png").is_file():
+        lines += ["", "![validation BLEU against training time](learning_curve.png)"]
+    return "\n".join(lines)
+
+
 def _architecture_rows(config: dict, num_parameters: int) -> str:
     rows = [("parameters", f"{num_parameters:,}")]
     rows += [(key, config[key]) for key in (
@@ -183,6 +196,7 @@ def render_model_card(
         target_name=LANGUAGE_NAMES.get(target_lang, target_lang),
         architecture_rows=_architecture_rows(config, count_parameters(model_dir)),
         results_section=_results_section(results, entries),
+        training_section=_training_section(results, model_dir),
         usage_code=_usage_code(repo_id or ".", repo_id is None, EXAMPLE_SENTENCES.get(source_lang, "Hello world.")),
     )
     return f"---\n{metadata.to_yaml()}\n---\n\n{body}"

@@ -40,6 +40,7 @@ UPLOAD_FILES = (
     "special_tokens_map.json",
     "added_tokens.json",
     "all_results.json",
+    "learning_curve.png",
 )
 WEIGHT_PATTERNS = ("*.safetensors", "model.safetensors.index.json")
 CODE_PATTERN = "*.py"
