@@ -25,6 +25,7 @@ from pathlib import Path
 # This folder holds scripts/evaluate.py, named like the `evaluate` library: keep it off sys.path.
 sys.path = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
 
+import torch  # noqa: E402
 import transformers  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from torch.utils.data import SequentialSampler  # noqa: E402
@@ -38,6 +39,7 @@ from transformers import (  # noqa: E402
     TrainerCallback,
     set_seed,
 )
+from transformers.trainer_pt_utils import LengthGroupedSampler  # noqa: E402
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length  # noqa: E402
 
 from hf_gru_attn import GruAttnConfig, GruAttnForConditionalGeneration  # noqa: E402
@@ -179,9 +181,32 @@ def parse_arguments(argv: list[str]):
     return model_args, data_args, training_args, recipe_args
 
 
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """
+    `LengthGroupedSampler` whose order depends only on `seed` and the epoch (set by the Trainer through `set_epoch`).
+
+    transformers' own draws the order from the global torch RNG at the start of each epoch, so a run resumed in the
+    middle of an epoch got another order than the uninterrupted run from its first resumed step on (the RNG state is
+    restored only after that draw), and DDP processes depend on their own RNG state to agree on one order.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return super().__iter__()
+
+
 class TranslationTrainer(Seq2SeqTrainer):
     """
-    `Seq2SeqTrainer` whose evaluation and prediction score every example exactly once, in dataset order.
+    `Seq2SeqTrainer` whose evaluation and prediction score every example exactly once, in dataset order, and whose
+    length-grouped training order is reproducible on resume ([`EpochSeededLengthGroupedSampler`]).
 
     - Evaluation and test batches follow the dataset order even with `--train_sampling_strategy group_by_length`
       (transformers applies that length-grouped shuffle to evaluation too), so the rows of `predict()` line up with
@@ -191,6 +216,13 @@ class TranslationTrainer(Seq2SeqTrainer):
       `num_return_sequences > 1`, which this recipe never uses; with plain `gather` an eval set of 7 sentences on 2
       processes gives `compute_metrics` 8 predictions.
     """
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if type(sampler) is LengthGroupedSampler:
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            sampler = EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, seed)
+        return sampler
 
     def _get_eval_sampler(self, eval_dataset):
         if eval_dataset is None or not has_length(eval_dataset):
