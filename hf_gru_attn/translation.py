@@ -5,6 +5,7 @@ batching, ordering and generation settings are decided in one place.
 """
 
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -12,8 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+# Characters that `str.splitlines` and many readers treat as line breaks; `write_lines` turns them into spaces.
+_LINE_BREAKS = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
 @dataclass
@@ -80,6 +89,31 @@ def split_lines(text: str) -> list[str]:
     return lines
 
 
+def decode_lines(data: bytes, name: str) -> list[str]:
+    """
+    Decode UTF-8 bytes (optional BOM) and split them with [`split_lines`].
+
+    Args:
+        data (`bytes`): file or stdin contents.
+        name (`str`): what the bytes are, for the error message (a path, or `"<stdin>"`).
+
+    Returns:
+        `list[str]`: the lines without their terminators.
+
+    Raises:
+        ValueError: if the bytes are not valid UTF-8; the message gives the line and column of the first bad byte.
+    """
+    try:
+        return split_lines(data.decode("utf-8-sig"))
+    except UnicodeDecodeError as err:
+        before = err.object[: err.start]  # the codec reports positions after the BOM, in `err.object`
+        line = split_lines(before.decode("utf-8") + "x")  # + "x": a trailing line end starts the bad byte's line
+        raise ValueError(
+            f"{name}:{len(line)}: not valid UTF-8 (byte {err.object[err.start]:#04x} at column {len(line[-1])}: "
+            f"{err.reason}); convert the text, e.g. with `iconv -f <its encoding> -t UTF-8`."
+        ) from None
+
+
 def read_lines(path: str | os.PathLike) -> list[str]:
     """
     Read a UTF-8 text file (optional BOM, LF/CRLF/CR line ends) as a list of lines.
@@ -92,30 +126,26 @@ def read_lines(path: str | os.PathLike) -> list[str]:
 
     Raises:
         FileNotFoundError: if `path` is not an existing file.
-        ValueError: if the file is not valid UTF-8.
+        ValueError: if the file is not valid UTF-8 (the message names the line, see [`decode_lines`]).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Input file {str(path)!r} does not exist or is not a file; check the path.")
-    try:
-        return split_lines(path.read_bytes().decode("utf-8-sig"))
-    except UnicodeDecodeError as err:
-        raise ValueError(
-            f"{str(path)!r} is not valid UTF-8 ({err}); convert it, e.g. with `iconv -t UTF-8`."
-        ) from None
+    return decode_lines(path.read_bytes(), str(path))
 
 
 def write_lines(lines: Sequence[str], path: str | os.PathLike | None = None) -> None:
     """
     Write strings as UTF-8 lines (`\\n`-terminated) to `path`, or to stdout when `path` is `None`.
 
-    Line breaks inside a string are replaced by spaces, so that each string is exactly one output line.
+    Line breaks inside a string (`\\r`, and the other characters `str.splitlines` splits on, such as `\\x0c` and
+    `\\u2028`) are replaced by spaces, so that each string is exactly one output line for any reader.
 
     Args:
         lines (`Sequence[str]`): the lines.
         path (`str` or `os.PathLike`, *optional*): output file (created or overwritten); `None` means stdout.
     """
-    text = "".join(line.replace("\r", " ").replace("\n", " ") + "\n" for line in lines)
+    text = "".join(_LINE_BREAKS.sub(" ", line) + "\n" for line in lines)
     if path is None:
         sys.stdout.buffer.write(text.encode("utf-8"))
         sys.stdout.buffer.flush()
@@ -139,6 +169,9 @@ def load_translation_model(
 
     Raises:
         FileNotFoundError: if `model_dir` is not a folder, or lacks `config.json` or the tokenizer files.
+        ValueError: if `config.json` is invalid (the message names the field), the weights file is truncated or
+            damaged, weights are missing or of other shapes than the config says, or the tokenizer does not belong
+            to the model (more tokens than the model's vocabulary, or other pad/EOS ids).
     """
     path = Path(model_dir)
     if not path.is_dir():
@@ -154,9 +187,52 @@ def load_translation_model(
             raise FileNotFoundError(f"{str(path)!r} has no {required}; save it there with `{hint}({str(path)!r})`.")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForSeq2SeqLM.from_pretrained(path).to(device).eval()
+    try:
+        model, loading_info = AutoModelForSeq2SeqLM.from_pretrained(path, output_loading_info=True)
+    except (SafetensorError, RuntimeError, OSError) as err:  # truncated/garbled file, shape mismatch, unreadable
+        raise ValueError(
+            f"Cannot load the model weights in {str(path)!r}: {err}. The weights file is damaged or incomplete (for "
+            "example an interrupted download or copy), or does not match config.json; save or copy the model again."
+        ) from None
+    if loading_info["missing_keys"]:
+        raise ValueError(
+            f"The weights in {str(path)!r} lack {sorted(loading_info['missing_keys'])}: they are not this model's "
+            "weights (or the file is incomplete); save or copy the model again."
+        )
     tokenizer = AutoTokenizer.from_pretrained(path)
-    return model, tokenizer
+    check_tokenizer_matches_model(tokenizer, model.config, str(path))
+    return model.to(device).eval(), tokenizer
+
+
+def check_tokenizer_matches_model(tokenizer: PreTrainedTokenizerBase, config, where: str) -> None:
+    """
+    Raise `ValueError` if `tokenizer` cannot be the model's: it has more tokens than the model's (source or target)
+    vocabulary, or its pad or EOS id differs from the config's. A tokenizer with fewer tokens is accepted (the
+    vocabulary may have been padded).
+    """
+    sizes = [getattr(config, name, None) for name in ("vocab_size", "decoder_vocab_size")]
+    model_size = min(size for size in sizes if size is not None)
+    if len(tokenizer) > model_size:
+        raise ValueError(
+            f"The tokenizer in {where!r} has {len(tokenizer)} tokens but the model's vocabulary has {model_size}: "
+            "they do not belong together. Save the model's own tokenizer next to it."
+        )
+    for name in ("pad_token_id", "eos_token_id"):
+        tokenizer_id, model_id = getattr(tokenizer, name), getattr(config, name, None)
+        if tokenizer_id is not None and model_id is not None and tokenizer_id != model_id:
+            raise ValueError(
+                f"The tokenizer in {where!r} has {name}={tokenizer_id} but the model's config has {model_id}: they do "
+                "not belong together. Save the model's own tokenizer next to it."
+            )
+
+
+def source_length_limit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """Most source tokens the model takes: `config.max_source_positions`, else the tokenizer's `model_max_length`
+    unless that is unset (transformers' huge default), else `None`."""
+    limit = getattr(model.config, "max_source_positions", None)
+    if limit is None and tokenizer.model_max_length < 1_000_000:
+        limit = tokenizer.model_max_length
+    return limit
 
 
 def translate(
@@ -172,7 +248,9 @@ def translate(
 
     Sentences are tokenised once, sorted by token count (longest first, so each batch carries little padding and a
     too-large batch fails at once), padded per batch and passed to `model.generate`. Empty or whitespace-only texts
-    are not sent to the model and give `""`. The model should be in eval mode (as `from_pretrained` leaves it).
+    are not sent to the model and give `""`. Sources longer than [`source_length_limit`] tokens are truncated to it
+    (keeping the tokenizer's EOS, as training does), with one warning listing their positions (1-based) in `texts`.
+    The model should be in eval mode (as `from_pretrained` leaves it).
 
     Args:
         model (`PreTrainedModel`): an encoder-decoder model with `generate`.
@@ -194,7 +272,20 @@ def translate(
         raise ValueError("translate() returns one translation per input; num_return_sequences must be 1.")
     translations = [""] * len(texts)
     nonempty = [i for i, text in enumerate(texts) if text.strip()]
-    input_ids = tokenizer([texts[i].strip() for i in nonempty])["input_ids"] if nonempty else []
+    limit = source_length_limit(model, tokenizer)
+    # max_length=limit + 1 tells the too-long sources apart without the tokenizer's own "indexing errors" warning.
+    tokenize_kwargs = {} if limit is None else {"truncation": True, "max_length": limit + 1}
+    input_ids = tokenizer([texts[i].strip() for i in nonempty], **tokenize_kwargs)["input_ids"] if nonempty else []
+    too_long = [j for j, ids in enumerate(input_ids) if limit is not None and len(ids) > limit]
+    if too_long:
+        texts_too_long = [texts[nonempty[j]].strip() for j in too_long]
+        for j, ids in zip(too_long, tokenizer(texts_too_long, truncation=True, max_length=limit)["input_ids"]):
+            input_ids[j] = ids
+        positions = ", ".join(str(nonempty[j] + 1) for j in too_long[:10]) + (", ..." if len(too_long) > 10 else "")
+        logger.warning(
+            f"{len(too_long)} source sentence(s) longer than {limit} tokens, the most this model takes, were "
+            f"truncated to {limit} tokens: input line(s) {positions}."
+        )
     order = sorted(range(len(nonempty)), key=lambda j: len(input_ids[j]), reverse=True)
     with tqdm(total=len(order), unit="sentence", disable=not show_progress, file=sys.stderr) as progress:
         for start in range(0, len(order), batch_size):

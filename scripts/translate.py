@@ -22,9 +22,9 @@ from hf_gru_attn.translation import (
     AttentionAlignment,
     DecodingArguments,
     attention_alignment,
+    decode_lines,
     load_translation_model,
     read_lines,
-    split_lines,
     translate,
     write_lines,
 )
@@ -85,7 +85,7 @@ def main():
         lines = read_lines(args.input_file) if args.input_file is not None else None
         model, tokenizer = load_translation_model(args.model)
         if lines is None:
-            lines = split_lines(sys.stdin.buffer.read().decode("utf-8-sig"))
+            lines = decode_lines(sys.stdin.buffer.read(), "<stdin>")
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
 
