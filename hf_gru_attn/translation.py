@@ -4,10 +4,11 @@ Shared by `scripts/translate.py`, `scripts/evaluate.py` and anything else that t
 batching, ordering and generation settings are decided in one place.
 """
 
+import itertools
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,13 +90,15 @@ def split_lines(text: str) -> list[str]:
     return lines
 
 
-def decode_lines(data: bytes, name: str) -> list[str]:
+def decode_lines(data: bytes, name: str, first_line: int = 1) -> list[str]:
     """
     Decode UTF-8 bytes (optional BOM) and split them with [`split_lines`].
 
     Args:
         data (`bytes`): file or stdin contents.
         name (`str`): what the bytes are, for the error message (a path, or `"<stdin>"`).
+        first_line (`int`, *optional*, defaults to 1): number of the first line, for the error message; a BOM is
+            only skipped when it is 1 (the start of the text).
 
     Returns:
         `list[str]`: the lines without their terminators.
@@ -104,14 +107,31 @@ def decode_lines(data: bytes, name: str) -> list[str]:
         ValueError: if the bytes are not valid UTF-8; the message gives the line and column of the first bad byte.
     """
     try:
-        return split_lines(data.decode("utf-8-sig"))
+        return split_lines(data.decode("utf-8-sig" if first_line == 1 else "utf-8"))
     except UnicodeDecodeError as err:
         before = err.object[: err.start]  # the codec reports positions after the BOM, in `err.object`
         line = split_lines(before.decode("utf-8") + "x")  # + "x": a trailing line end starts the bad byte's line
         raise ValueError(
-            f"{name}:{len(line)}: not valid UTF-8 (byte {err.object[err.start]:#04x} at column {len(line[-1])}: "
-            f"{err.reason}); convert the text, e.g. with `iconv -f <its encoding> -t UTF-8`."
+            f"{name}:{first_line - 1 + len(line)}: not valid UTF-8 (byte {err.object[err.start]:#04x} at column "
+            f"{len(line[-1])}: {err.reason}); convert the text, e.g. with `iconv -f <its encoding> -t UTF-8`."
         ) from None
+
+
+def iter_line_chunks(stream, name: str, chunk_lines: int = 10_000) -> Iterator[list[str]]:
+    """
+    Read a binary stream lazily as lists of about `chunk_lines` lines, decoded and split as by [`decode_lines`]
+    (chunks end at a `\\n`, so a CRLF is never cut; error messages give line numbers in the whole stream).
+
+    Args:
+        stream (binary file object): e.g. `open(path, "rb")` or `sys.stdin.buffer`.
+        name (`str`): what the stream is, for error messages.
+        chunk_lines (`int`, *optional*, defaults to 10,000): `\\n`-terminated lines per chunk.
+    """
+    first_line = 1
+    while raw := list(itertools.islice(stream, chunk_lines)):
+        lines = decode_lines(b"".join(raw), name, first_line)
+        first_line += len(lines)
+        yield lines
 
 
 def read_lines(path: str | os.PathLike) -> list[str]:
@@ -134,7 +154,7 @@ def read_lines(path: str | os.PathLike) -> list[str]:
     return decode_lines(path.read_bytes(), str(path))
 
 
-def write_lines(lines: Sequence[str], path: str | os.PathLike | None = None) -> None:
+def write_lines(lines: Sequence[str], path=None) -> None:
     """
     Write strings as UTF-8 lines (`\\n`-terminated) to `path`, or to stdout when `path` is `None`.
 
@@ -143,12 +163,14 @@ def write_lines(lines: Sequence[str], path: str | os.PathLike | None = None) -> 
 
     Args:
         lines (`Sequence[str]`): the lines.
-        path (`str` or `os.PathLike`, *optional*): output file (created or overwritten); `None` means stdout.
+        path (`str` or `os.PathLike`, *optional*): output file (created or overwritten); `None` means stdout; an
+            open binary file object is appended to.
     """
     text = "".join(_LINE_BREAKS.sub(" ", line) + "\n" for line in lines)
-    if path is None:
-        sys.stdout.buffer.write(text.encode("utf-8"))
-        sys.stdout.buffer.flush()
+    if path is None or hasattr(path, "write"):
+        stream = sys.stdout.buffer if path is None else path
+        stream.write(text.encode("utf-8"))
+        stream.flush()
     else:
         Path(path).write_text(text, encoding="utf-8")
 

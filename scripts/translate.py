@@ -10,21 +10,22 @@ Example:
     echo "ein kleiner test" | python scripts/translate.py --model out/model --plot_attention alignment.png
 """
 
+import contextlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
 from hf_gru_attn.translation import (
     AttentionAlignment,
     DecodingArguments,
     attention_alignment,
-    decode_lines,
+    iter_line_chunks,
     load_translation_model,
-    read_lines,
     translate,
     write_lines,
 )
@@ -82,25 +83,36 @@ def main():
     parser = HfArgumentParser((TranslateArguments, DecodingArguments))
     try:
         args, decoding = parser.parse_args_into_dataclasses()
-        lines = read_lines(args.input_file) if args.input_file is not None else None
+        if args.input_file is not None:
+            if not Path(args.input_file).is_file():
+                raise FileNotFoundError(f"Input file {args.input_file!r} does not exist or is not a file.")
+            with open(args.input_file, "rb") as source:  # check the whole file before writing anything
+                num_lines = sum(len(lines) for lines in iter_line_chunks(source, args.input_file))
         model, tokenizer = load_translation_model(args.model)
-        if lines is None:
-            lines = decode_lines(sys.stdin.buffer.read(), "<stdin>")
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
 
-    translations = translate(
-        model,
-        tokenizer,
-        lines,
-        batch_size=decoding.batch_size,
-        show_progress=args.input_file is not None,
-        **decoding.generate_kwargs(),
-    )
-    write_lines(translations, args.output_file)
+    # Stream: translate and write chunk by chunk, so that memory does not grow with the input.
+    first = None
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(open(args.input_file, "rb")) if args.input_file else sys.stdin.buffer
+        output = stack.enter_context(open(args.output_file, "wb")) if args.output_file else None
+        progress = stack.enter_context(
+            tqdm(total=num_lines if args.input_file else None, unit="sentence", file=sys.stderr,
+                 disable=args.input_file is None)
+        )
+        try:
+            for lines in iter_line_chunks(source, args.input_file or "<stdin>"):
+                write_lines(
+                    translate(model, tokenizer, lines, batch_size=decoding.batch_size, **decoding.generate_kwargs()),
+                    output,
+                )
+                first = first if first is not None else next((line for line in lines if line.strip()), None)
+                progress.update(len(lines))
+        except ValueError as err:  # invalid UTF-8 on stdin: the lines before its chunk were translated and written
+            parser.error(str(err))
 
     if args.plot_attention is not None:
-        first = next((line for line in lines if line.strip()), None)
         if first is None:
             parser.error("--plot_attention needs at least one non-empty input line.")
         plot_attention(attention_alignment(model, tokenizer, first, **decoding.generate_kwargs()), args.plot_attention)

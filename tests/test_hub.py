@@ -249,7 +249,8 @@ def test_push_then_load_with_remote_code_only(fake_hub, tmp_path):  # noqa: F811
     assert result["is_generation_mixin"] and result["can_generate"]
     assert result["bases"].index("PreTrainedModel") < result["bases"].index("GenerationMixin")
     # BL-05: the re-saved copy keeps its code and auto_map; every copy and path form generates the same
-    assert {"configuration_gru_attn.py", "modeling_gru_attn.py", "pipeline_gru_attn.py"} <= set(result["resaved_files"])
+    code_files = {"configuration_gru_attn.py", "modeling_gru_attn.py", "pipeline_gru_attn.py"}
+    assert code_files <= set(result["resaved_files"])
     assert result["resaved_auto_map"] == config["auto_map"]
     assert result["loads"] == dict.fromkeys(("resaved", "dotted", ".", "./"), reference_v2)
     # BL-14: both removed task names work through custom_pipelines and equal decode(generate(...))
