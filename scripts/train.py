@@ -58,7 +58,8 @@ PRESETS = {
         "--encoder_layers", "1", "--decoder_layers", "1", "--attention_type", "additive",
         "--dropout", "0.3", "--share_embeddings", "true", "--tie_word_embeddings", "true",
         "--vocab_size", "8000",
-        "--num_train_epochs", "12", "--max_train_minutes", "58", "--learning_rate", "2e-3", "--lr_scheduler_type", "linear",
+        "--num_train_epochs", "12", "--max_train_minutes", "58",
+        "--learning_rate", "2e-3", "--lr_scheduler_type", "linear",
         "--warmup_steps", "200", "--weight_decay", "0.0", "--max_grad_norm", "1.0",
         "--label_smoothing_factor", "0.1", "--per_device_train_batch_size", "96",
         "--per_device_eval_batch_size", "128", "--train_sampling_strategy", "group_by_length",
@@ -170,7 +171,10 @@ def parse_arguments(argv: list[str]):
     if len(argv) == 1 and argv[0].endswith(".json"):
         with open(argv[0], encoding="utf-8") as f:
             argv = [a for key, value in json.load(f).items() for a in (f"--{key}", str(value))]
-    preset = argv[argv.index("--preset") + 1] if "--preset" in argv[:-1] else "default"
+    preset = "default"  # the last --preset given wins, as for every other flag
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "--preset":
+            preset = value
     if preset not in PRESETS:
         parser.error(f"--preset must be one of {sorted(PRESETS)}, got {preset!r}")
     model_args, data_args, training_args, recipe_args, unknown = parser.parse_args_into_dataclasses(
