@@ -1,0 +1,54 @@
+"""scripts/benchmark.py at tiny sizes: it runs in a subprocess and reports every row. Timings are not asserted."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODELS = ["ours", "ours default"]
+GENERATE = ["seed greedy loop"] + [f"{model} {mode}" for model in MODELS for mode in ("greedy", "beam5")]
+EXPECTED_ROWS = {
+    "train_fp32": ["matmul peak: fp32 mm 128^2", "seed", *MODELS],
+    "train_bf16_autocast": ["matmul peak: bf16 linear 128^2", "seed", *MODELS],
+    "bf16_loss": ["fp32", "bf16_autocast"],
+    "generate_fp32": ["matmul peak: fp32 mm 128^2", *GENERATE],
+    "generate_bf16": ["matmul peak: bf16 linear 128^2", *GENERATE],
+    "decode_scaling": [f"{who} S={length}" for who in ("ours", "seed") for length in (4, 8, 16)],
+    "peak_memory": [f"train step: {name}" for name in ("seed", *MODELS)]
+    + ["greedy: seed loop"]
+    + [f"{mode}: {model}" for model in MODELS for mode in ("greedy", "beam5")],
+}
+EXPECTED_TARGETS = [
+    "bf16 autocast loss vs fp32 after the loss-check steps (%)",
+    "train fp32: ours / seed",
+    "train fp32: ours utilisation of the fp32 matmul peak (%)",
+    "greedy fp32: ours / seed loop fp32",
+    "ours beam5 fp32 / ours greedy fp32",
+    "train bf16 autocast: ours / seed fp32",
+    "greedy bf16: ours / seed loop fp32",
+    "ours beam5 bf16 / ours greedy bf16",
+]
+
+
+def test_quick_benchmark_reports_every_row():
+    # One thread: at these sizes, thread hand-offs on a busy machine cost more than the work.
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "benchmark.py"), "--quick", "--json", "--threads", "1"],
+        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+
+    found = {}
+    for row in report["rows"]:
+        found.setdefault(row["section"], []).append(row["name"])
+        numbers = [value for key, value in row.items() if key not in ("section", "name", "unit") and value is not None]
+        assert numbers and all(isinstance(value, (int, float)) and math.isfinite(value) for value in numbers), row
+    assert found == EXPECTED_ROWS
+
+    assert [target["name"] for target in report["targets"]] == EXPECTED_TARGETS
+    assert all(isinstance(target["met"], bool) for target in report["targets"])
+    assert report["header"]["threads"] == 1
