@@ -15,7 +15,6 @@ card), `all_results.json` (sacreBLEU, chrF and their signatures), `learning_curv
 import json
 import logging
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,28 +24,27 @@ from pathlib import Path
 # This folder holds scripts/evaluate.py, named like the `evaluate` library: keep it off sys.path.
 sys.path = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
 
-import torch  # noqa: E402
 import transformers  # noqa: E402
-from safetensors import safe_open  # noqa: E402
-from torch.utils.data import SequentialSampler  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
     EarlyStoppingCallback,
     HfArgumentParser,
-    Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
-    TrainerCallback,
     set_seed,
 )
-from transformers.trainer_pt_utils import LengthGroupedSampler  # noqa: E402
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length  # noqa: E402
 
 from hf_gru_attn import GruAttnConfig, GruAttnForConditionalGeneration  # noqa: E402
 from hf_gru_attn.data import Seq2SeqCollator, load_bundled_multi30k, load_parallel_dataset, tokenize_dataset  # noqa: E402
 from hf_gru_attn.evaluation import build_compute_metrics, compute_translation_metrics, decode_token_ids  # noqa: E402
 from hf_gru_attn.model_card import render_model_card  # noqa: E402
 from hf_gru_attn.tokenization import train_tokenizer  # noqa: E402
+from hf_gru_attn.training import (  # noqa: E402
+    TranslationTrainer,
+    WallClockCallback,
+    check_output_dir,
+    plot_learning_curve,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -142,29 +140,6 @@ class RecipeArguments:
     )
 
 
-class WallClockCallback(TrainerCallback):
-    """Records elapsed training time with every evaluation, and stops training after `max_minutes` if set."""
-
-    def __init__(self, max_minutes: float | None = None):
-        self.max_minutes = max_minutes
-        self.start = None
-        self.curve = []  # (elapsed seconds, eval metrics)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.start = time.perf_counter()
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
-
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        self.curve.append((self.elapsed(), dict(metrics or {})))
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.max_minutes is not None and self.elapsed() > 60 * self.max_minutes:
-            logger.warning(f"max_train_minutes={self.max_minutes} reached: stopping training.")
-            control.should_training_stop = True
-
-
 def parse_arguments(argv: list[str]):
     """Parses presets, a JSON file or command-line flags into the four argument dataclasses."""
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, Seq2SeqTrainingArguments, RecipeArguments))
@@ -185,129 +160,6 @@ def parse_arguments(argv: list[str]):
     return model_args, data_args, training_args, recipe_args
 
 
-class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
-    """
-    `LengthGroupedSampler` whose order depends only on `seed` and the epoch (set by the Trainer through `set_epoch`).
-
-    transformers' own draws the order from the global torch RNG at the start of each epoch, so a run resumed in the
-    middle of an epoch got another order than the uninterrupted run from its first resumed step on (the RNG state is
-    restored only after that draw), and DDP processes depend on their own RNG state to agree on one order.
-    """
-
-    def __init__(self, batch_size: int, lengths: list[int], seed: int):
-        super().__init__(batch_size, lengths=lengths)
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int):
-        self.epoch = epoch
-
-    def __iter__(self):
-        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return super().__iter__()
-
-
-class TranslationTrainer(Seq2SeqTrainer):
-    """
-    `Seq2SeqTrainer` whose evaluation and prediction score every example exactly once, in dataset order, and whose
-    length-grouped training order is reproducible on resume ([`EpochSeededLengthGroupedSampler`]).
-
-    - Evaluation and test batches follow the dataset order even with `--train_sampling_strategy group_by_length`
-      (transformers applies that length-grouped shuffle to evaluation too), so the rows of `predict()` line up with
-      the raw test references.
-    - Under DDP the samples that the distributed sampler repeats to even out the last batch are dropped
-      (`gather_for_metrics`). `Seq2SeqTrainer` uses plain `gather` since huggingface/transformers#27025, for
-      `num_return_sequences > 1`, which this recipe never uses; with plain `gather` an eval set of 7 sentences on 2
-      processes gives `compute_metrics` 8 predictions.
-    """
-
-    def _get_train_sampler(self, train_dataset=None):
-        sampler = super()._get_train_sampler(train_dataset)
-        if type(sampler) is LengthGroupedSampler:
-            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            sampler = EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, seed)
-        return sampler
-
-    def _get_eval_sampler(self, eval_dataset):
-        if eval_dataset is None or not has_length(eval_dataset):
-            return None
-        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
-
-    def evaluation_loop(self, *args, **kwargs):
-        self.gather_function = self.accelerator.gather_for_metrics
-        return super().evaluation_loop(*args, **kwargs)
-
-
-def checkpoint_problem(checkpoint: Path) -> str | None:
-    """
-    Why a Trainer checkpoint folder cannot be resumed from, or `None` when it is complete.
-
-    transformers writes checkpoints in place (no temporary folder and rename): weights, optimizer, scheduler, RNG
-    state and finally `trainer_state.json`. A run killed while saving leaves a folder without `trainer_state.json`
-    or with a truncated weights file, which `get_last_checkpoint` would still pick.
-    """
-    state = checkpoint / "trainer_state.json"
-    if not state.is_file():
-        return "no trainer_state.json, which the Trainer writes last"
-    try:
-        json.loads(state.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        return f"unreadable trainer_state.json ({err})"
-    weights = [checkpoint / "model.safetensors"]
-    index = checkpoint / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weights = [checkpoint / name for name in set(json.loads(index.read_text())["weight_map"].values())]
-        except (OSError, ValueError, KeyError) as err:
-            return f"unreadable {index.name} ({err})"
-    elif not weights[0].is_file() and (checkpoint / "pytorch_model.bin").is_file():
-        return None
-    for path in weights:
-        try:
-            with safe_open(str(path), framework="pt") as f:  # checks that the file covers every tensor
-                f.keys()
-        except Exception as err:  # missing, truncated or garbled: safetensors raises its own error types
-            return f"{path.name} cannot be read ({err})"
-    return None
-
-
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The highest-step `checkpoint-<step>` folder of `output_dir` that is complete; incomplete ones are logged."""
-    pattern = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
-    checkpoints = [
-        (int(m.group(1)), p) for p in Path(output_dir).iterdir() if (m := pattern.fullmatch(p.name)) and p.is_dir()
-    ]
-    for _, path in sorted(checkpoints, reverse=True):
-        problem = checkpoint_problem(path)
-        if problem is None:
-            return str(path)
-        logger.warning(f"Skipping checkpoint {path}: {problem} (the run was probably stopped while saving it).")
-    return None
-
-
-def check_output_dir(output_dir: str, overwrite: bool) -> str | None:
-    """
-    Decides what to do with an existing output directory, before any work starts.
-
-    Returns:
-        The last checkpoint to resume from, or `None` to start fresh.
-
-    Raises:
-        ValueError: if the directory holds a finished model or other files and `overwrite` is not set.
-    """
-    path = Path(output_dir)
-    if overwrite or not path.is_dir() or not any(path.iterdir()):
-        return None
-    last_checkpoint = last_complete_checkpoint(output_dir)
-    if last_checkpoint is not None and not (path / "all_results.json").exists():
-        logger.info(f"Resuming the interrupted run in {output_dir} from {last_checkpoint}.")
-        return last_checkpoint
-    raise ValueError(
-        f"Output directory {output_dir} already holds a model or other files. Pass --overwrite_output_dir to train "
-        "from scratch into it (its contents are replaced), or choose another --output_dir."
-    )
-
-
 def load_raw_datasets(data_args: DataTrainingArguments, cache_dir: str):
     """The bundled Multi30k when no data is named, else the user's files or Hub dataset."""
     if data_args.dataset_name is None and data_args.train_file is None:
@@ -322,26 +174,6 @@ def load_raw_datasets(data_args: DataTrainingArguments, cache_dir: str):
         dataset_config_name=data_args.dataset_config_name,
         cache_dir=cache_dir,
     )
-
-
-def plot_learning_curve(curve: list, path: Path):
-    """Draws validation BLEU against training wall-clock minutes (from `WallClockCallback.curve`) into a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = [(seconds / 60, metrics["eval_bleu"]) for seconds, metrics in curve if "eval_bleu" in metrics]
-    if not points:
-        return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(*zip(*points), marker="o")
-    ax.set_xlabel("training wall-clock (minutes)")
-    ax.set_ylabel("validation sacreBLEU")
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None):

@@ -4,13 +4,12 @@ transformers 5.24 writes a checkpoint in place, with no temporary folder and ren
 weights, tokenizer, optimizer, scheduler and RNG state, and `trainer_state.json` last. `get_last_checkpoint` returns
 the highest-numbered folder whatever it holds, and `Trainer.train(resume_from_checkpoint=...)` then fails on the
 missing `trainer_state.json` or the truncated `model.safetensors`. `scripts/train.py` therefore resumes from the
-newest *complete* checkpoint and logs the ones it skips (`last_complete_checkpoint`).
+newest *complete* checkpoint and logs the ones it skips (`hf_gru_attn.training.last_complete_checkpoint`).
 
 Fast tests check that choice on fabricated output folders. The slow test kills (SIGKILL) a real training run while it
 writes a checkpoint, re-runs the same command and compares the final weights with an uninterrupted run.
 """
 
-import importlib.util
 import json
 import logging
 import os
@@ -27,20 +26,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import hf_gru_attn
+from hf_gru_attn.training import check_output_dir, checkpoint_problem
 
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
-
-
-@pytest.fixture(scope="module")
-def train_script():
-    """`scripts/train.py` imported as a module (its `main` is not run)."""
-    spec = importlib.util.spec_from_file_location("train_script_under_test", SCRIPTS / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    path = list(sys.path)
-    spec.loader.exec_module(module)
-    sys.path[:] = path  # the script edits sys.path on import
-    return module
 
 
 def write_checkpoint(folder: Path, step: int, state: bool = True, truncate_weights: bool = False) -> Path:
@@ -57,14 +46,14 @@ def write_checkpoint(folder: Path, step: int, state: bool = True, truncate_weigh
     return checkpoint
 
 
-def test_resume_skips_half_written_checkpoints_and_says_so(train_script, tmp_path, caplog):
+def test_resume_skips_half_written_checkpoints_and_says_so(tmp_path, caplog):
     complete_9 = write_checkpoint(tmp_path, 9)
     write_checkpoint(tmp_path, 10, state=False)  # killed before trainer_state.json: the usual case
     write_checkpoint(tmp_path, 11, truncate_weights=True)  # weights cut short (e.g. a full disk)
     write_checkpoint(tmp_path, 2)
     (tmp_path / "checkpoint-12").write_text("not a folder", encoding="utf-8")
     with caplog.at_level(logging.WARNING):
-        chosen = train_script.check_output_dir(str(tmp_path), overwrite=False)
+        chosen = check_output_dir(str(tmp_path), overwrite=False)
     assert chosen == str(complete_9)  # numerically newest complete one (9 < 10 < 11, though "9" > "11" as text)
     skipped = [record.getMessage() for record in caplog.records if "Skipping checkpoint" in record.getMessage()]
     assert len(skipped) == 2
@@ -72,29 +61,29 @@ def test_resume_skips_half_written_checkpoints_and_says_so(train_script, tmp_pat
     assert str(tmp_path / "checkpoint-10") in skipped[1] and "no trainer_state.json" in skipped[1]
 
 
-def test_checkpoint_problem_names_what_is_wrong(train_script, tmp_path):
-    assert train_script.checkpoint_problem(write_checkpoint(tmp_path, 1)) is None
-    assert "no trainer_state.json" in train_script.checkpoint_problem(write_checkpoint(tmp_path, 2, state=False))
+def test_checkpoint_problem_names_what_is_wrong(tmp_path):
+    assert checkpoint_problem(write_checkpoint(tmp_path, 1)) is None
+    assert "no trainer_state.json" in checkpoint_problem(write_checkpoint(tmp_path, 2, state=False))
     truncated = write_checkpoint(tmp_path, 3, truncate_weights=True)
-    assert "model.safetensors cannot be read" in train_script.checkpoint_problem(truncated)
+    assert "model.safetensors cannot be read" in checkpoint_problem(truncated)
     garbled = write_checkpoint(tmp_path, 4)
     (garbled / "trainer_state.json").write_text('{"global_step": 4', encoding="utf-8")  # cut mid-write
-    assert "unreadable trainer_state.json" in train_script.checkpoint_problem(garbled)
+    assert "unreadable trainer_state.json" in checkpoint_problem(garbled)
     missing = write_checkpoint(tmp_path, 5)
     (missing / "model.safetensors").unlink()
-    assert "model.safetensors cannot be read" in train_script.checkpoint_problem(missing)
+    assert "model.safetensors cannot be read" in checkpoint_problem(missing)
 
 
-def test_output_dir_without_complete_checkpoint_or_finished_is_refused(train_script, tmp_path):
+def test_output_dir_without_complete_checkpoint_or_finished_is_refused(tmp_path):
     write_checkpoint(tmp_path, 4, state=False)
     with pytest.raises(ValueError, match="--overwrite_output_dir"):
-        train_script.check_output_dir(str(tmp_path), overwrite=False)
-    assert train_script.check_output_dir(str(tmp_path), overwrite=True) is None
+        check_output_dir(str(tmp_path), overwrite=False)
+    assert check_output_dir(str(tmp_path), overwrite=True) is None
     finished = tmp_path / "finished"
     write_checkpoint(finished, 4)
     (finished / "all_results.json").write_text("{}", encoding="utf-8")
     with pytest.raises(ValueError, match="already holds a model"):
-        train_script.check_output_dir(str(finished), overwrite=False)
+        check_output_dir(str(finished), overwrite=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
