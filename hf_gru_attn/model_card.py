@@ -97,7 +97,8 @@ def _results_section(results: dict | None, entries: list[EvalResult]) -> str:
         "|---|---|---|---|---|",
     ]
     for entry in entries:
-        signature = f"`{entry.metric_config}`" if entry.metric_config else "n/a"
+        # a table cell: the signature's pipes must be escaped, even inside a code span
+        signature = "`{}`".format(entry.metric_config.replace("|", "\\|")) if entry.metric_config else "n/a"
         lines.append(f"| {entry.dataset_name} | {entry.dataset_split} | {entry.metric_name} | "
                      f"{entry.metric_value:.2f} | {signature} |")
     return "\n".join(lines)
