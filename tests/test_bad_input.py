@@ -52,15 +52,6 @@ INPUT_LINES = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    """One torch thread: the model is tiny and the test machine's cores are shared."""
-    num_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(num_threads)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A tiny random model (max_source_positions=20) and its 60-token tokenizer, saved together."""

@@ -35,15 +35,6 @@ VOCAB, EMBEDDING, HIDDEN = 23, 8, 16
 BOS, EOS = 1, 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is faster and does not spin on busy shared cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_seed(seed: int = 0) -> Seq2Seq:
     """A random seed model; weights scaled up so that greedy outputs vary (torch's default init is near-uniform)."""
     torch.manual_seed(seed)

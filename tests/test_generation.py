@@ -38,15 +38,6 @@ WORDS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: these tensors are tiny, and on shared cores extra threads only spin (about 30x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def _quiet_transformers():
     """Hide transformers' per-call notice that `max_new_tokens` overrides the shipped `max_length` default."""

@@ -21,16 +21,6 @@ VOCAB = 40
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The models here are tiny: one intra-op thread is faster, and several threads on busy shared cores spin and
-    slow each step down by an order of magnitude."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_model(seed: int = 0, **overrides) -> GruAttnForConditionalGeneration:
     """A tiny eval-mode model; the weights are scaled up so that attention and outputs are far from uniform."""
     fields = {"vocab_size": VOCAB, "embedding_size": 8, "hidden_size": 12, "dropout": 0.0}

@@ -41,15 +41,6 @@ model_index = st.integers(0, len(CONFIGS) - 1)
 padding_side = st.sampled_from(["left", "right"])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    """One torch thread: these tensors are tiny, and the test machine's cores are shared."""
-    num_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(num_threads)
-
-
 @functools.cache
 def tiny_model(index: int) -> GruAttnForConditionalGeneration:
     """

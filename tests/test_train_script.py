@@ -38,14 +38,6 @@ def train_script():
     return module
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def quick_run(train_script, tmp_path_factory):
     """Output folder of one tiny quick-preset run on the bundled data."""

@@ -51,16 +51,6 @@ def tiny_model_and_tokenizer():
     return GruAttnForConditionalGeneration(config).eval(), tokenizer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    """Run torch on one thread: for matrices this small, thread start-up and contention (the script subprocesses
-    run beside pytest on the same cores) cost far more than the parallel work saves."""
-    num_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(num_threads)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     model, tokenizer = tiny_model_and_tokenizer()
