@@ -303,4 +303,7 @@ def main(argv: list[str] | None = None):
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    main()
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as error:  # bad data, languages or output folder: say what to do
+        sys.exit(f"train.py: error: {error}")
