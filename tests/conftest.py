@@ -1,6 +1,8 @@
 """Shared pytest setup: offline, isolated HF caches, and the `--runslow` switch for tests marked `slow`."""
 
+import importlib.util
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -42,6 +44,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def train_script():
+    """`scripts/train.py` imported as a module (its `main` is not run on import)."""
+    spec = importlib.util.spec_from_file_location("train_script_under_test", REPO_ROOT / "scripts" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    path = list(sys.path)
+    spec.loader.exec_module(module)
+    sys.path[:] = path  # the script edits sys.path on import
+    return module
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ garbled `model.safetensors`, weights that lack tensors, and a `config.json` with
 negative size. `scripts/train.py` refuses an empty training file before training.
 """
 
-import importlib.util
 import io
 import json
 import logging
@@ -202,17 +201,6 @@ def test_invalid_config_json_names_the_field(monkeypatch, capsys, model_copy, fi
     (model_copy / "config.json").write_text(json.dumps(config), encoding="utf-8")
     stderr = expect_usage_error(monkeypatch, capsys, "--model", model_copy)
     assert message in stderr
-
-
-@pytest.fixture(scope="module")
-def train_script():
-    """`scripts/train.py` imported as a module (its `main` is not run on import)."""
-    spec = importlib.util.spec_from_file_location("train_script_for_bad_input", SCRIPTS / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    path = list(sys.path)
-    spec.loader.exec_module(module)
-    sys.path[:] = path  # the script edits sys.path on import
-    return module
 
 
 @pytest.mark.parametrize("content", ["", "\n\n  \n"], ids=["empty", "blank-lines"])

@@ -3,9 +3,7 @@
 Every bad-input case must fail before any training starts: no checkpoint folder is written.
 """
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,17 +23,6 @@ TINY = [
     "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "8", "--generation_max_length", "12",
     "--num_beams", "2", "--logging_steps", "1", "--disable_tqdm", "true",
 ]
-
-
-@pytest.fixture(scope="module")
-def train_script():
-    """`scripts/train.py` imported as a module (its `main` is not run)."""
-    spec = importlib.util.spec_from_file_location("train_script_under_test", SCRIPTS / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    path = list(sys.path)
-    spec.loader.exec_module(module)
-    sys.path[:] = path  # the script edits sys.path on import
-    return module
 
 
 @pytest.fixture(scope="module")
