@@ -56,7 +56,7 @@ PRESETS = {
         "--encoder_layers", "1", "--decoder_layers", "1", "--attention_type", "additive",
         "--dropout", "0.3", "--share_embeddings", "true", "--tie_word_embeddings", "true",
         "--vocab_size", "8000",
-        "--num_train_epochs", "12", "--max_train_minutes", "58",
+        "--num_train_epochs", "10", "--max_train_minutes", "58",
         "--learning_rate", "2e-3", "--lr_scheduler_type", "linear",
         "--warmup_steps", "200", "--weight_decay", "0.0", "--max_grad_norm", "1.0",
         "--label_smoothing_factor", "0.1", "--per_device_train_batch_size", "96",
