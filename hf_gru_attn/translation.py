@@ -22,6 +22,9 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
+# `--dtype` names and the torch dtypes they load the model in.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
 # Characters that `str.splitlines` and many readers treat as line breaks; `write_lines` turns them into spaces.
 _LINE_BREAKS = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 
@@ -42,12 +45,22 @@ class DecodingArguments:
     batch_size: int = field(
         default=32, metadata={"help": "Sentences per generate() call; sentences are grouped by length."}
     )
+    dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "Weights and compute dtype: float32, bfloat16 or float16 (bfloat16 is fast only on CPUs and GPUs "
+            "with native bf16 matmuls).",
+            "choices": list(DTYPES),
+        },
+    )
 
     def __post_init__(self):
         for name in ("num_beams", "max_new_tokens", "batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name} must be at least 1, got {value}.")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}.")
 
     def generate_kwargs(self) -> dict[str, int]:
         """Keyword arguments for `model.generate`: the options that were set; the model's defaults cover the rest."""
@@ -176,7 +189,7 @@ def write_lines(lines: Sequence[str], path=None) -> None:
 
 
 def load_translation_model(
-    model_dir: str | os.PathLike, device: str | torch.device | None = None
+    model_dir: str | os.PathLike, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """
     Load a saved model and its tokenizer with the Auto classes, in eval mode.
@@ -185,6 +198,8 @@ def load_translation_model(
         model_dir (`str` or `os.PathLike`): folder written by `model.save_pretrained` and `tokenizer.save_pretrained`
             (e.g. by `scripts/train.py`).
         device (`str` or `torch.device`, *optional*): where to put the model; default CUDA when available, else CPU.
+        dtype (`torch.dtype`, *optional*, defaults to `torch.float32`): dtype of the weights, and so of `generate()`'s
+            computation (`from_pretrained(..., dtype=...)`).
 
     Returns:
         `tuple[PreTrainedModel, PreTrainedTokenizerBase]`: `(model, tokenizer)`.
@@ -210,7 +225,7 @@ def load_translation_model(
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        model, loading_info = AutoModelForSeq2SeqLM.from_pretrained(path, output_loading_info=True)
+        model, loading_info = AutoModelForSeq2SeqLM.from_pretrained(path, output_loading_info=True, dtype=dtype)
     except (SafetensorError, RuntimeError, OSError) as err:  # truncated/garbled file, shape mismatch, unreadable
         raise ValueError(
             f"Cannot load the model weights in {str(path)!r}: {err}. The weights file is damaged or incomplete (for "

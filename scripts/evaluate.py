@@ -25,6 +25,7 @@ from transformers import HfArgumentParser  # noqa: E402
 
 from hf_gru_attn.evaluation import compute_translation_metrics  # noqa: E402
 from hf_gru_attn.translation import (  # noqa: E402
+    DTYPES,
     DecodingArguments,
     load_translation_model,
     read_lines,
@@ -61,7 +62,7 @@ def main():
                 f"{args.source_file!r} has {len(sources)} lines but {args.reference_file!r} has {len(references)}; "
                 "the files must be line-aligned (one reference per source sentence)."
             )
-        model, tokenizer = load_translation_model(args.model)
+        model, tokenizer = load_translation_model(args.model, dtype=DTYPES[decoding.dtype])
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
 

@@ -166,6 +166,27 @@ def test_evaluate_script_reports_sacrebleu_of_its_hypotheses(model_dir, loaded, 
     assert report["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:")
 
 
+def test_translate_script_runs_in_bfloat16(monkeypatch, capsysbinary, model_dir, loaded):
+    # --dtype bfloat16 loads the weights in bf16, so generate() computes in it: the translations equal those of the
+    # fp32 model cast to bf16 by hand.
+    model, tokenizer = loaded
+    cast = GruAttnForConditionalGeneration.from_pretrained(model_dir).to(torch.bfloat16).eval()
+    used = []
+
+    def spy(*args, **kwargs):
+        used.append(load_translation_model(*args, **kwargs))
+        return used[-1]
+
+    monkeypatch.setattr(hf_gru_attn.translation, "load_translation_model", spy, raising=True)
+    run_main_in_process(
+        monkeypatch, "translate.py", "--model", model_dir, "--dtype", "bfloat16", "--max_new_tokens", 6,
+        stdin="\n".join(SOURCES).encode("utf-8"),
+    )  # fmt: skip
+    stdout = capsysbinary.readouterr().out.decode("utf-8")
+    assert [m.dtype for m, _ in used] == [torch.bfloat16]
+    assert stdout.split("\n") == [*one_by_one(cast, tokenizer, SOURCES, **GENERATE_KWARGS), ""]
+
+
 def run_main_in_process(monkeypatch, script, *args, stdin=b""):
     """Run a script as `__main__` in this process (no interpreter start-up), with `sys.argv` and stdin set."""
     monkeypatch.setattr(sys, "argv", [script, *map(str, args)])
@@ -190,6 +211,7 @@ def test_translate_script_stdin_to_stdout(monkeypatch, capsysbinary, model_dir, 
         ("translate.py", ["--model", "{tmp}"], "has no config.json"),
         ("translate.py", ["--model", "{model}", "--input_file", "{tmp}/missing.txt"], "'{tmp}/missing.txt' does not"),
         ("translate.py", ["--model", "{model}", "--batch_size", "0"], "--batch_size must be at least 1"),
+        ("translate.py", ["--model", "{model}", "--dtype", "int8"], "invalid choice: 'int8'"),
         ("translate.py", ["--model", "{model}", "--output_file", "{tmp}/no/out.txt"], "does not exist; create it"),
         ("evaluate.py", ["--model", "{model}", "--source_file", "{src}", "--reference_file", "{tmp}/x"], "does not"),
         ("evaluate.py", ["--model", "{model}", "--source_file", "{src}", "--reference_file", "{ref}"], "line-aligned"),
