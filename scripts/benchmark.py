@@ -10,9 +10,11 @@ its threads are scheduled, which other processes' load delays. Sections:
   autocast, for the seed (`scripts/seed_reference.py`), our model in the seed converter's architecture
   (unidirectional one-layer GRUs, additive attention, `decoder_init="last"`, untied output layer, no dropout) and our
   model with the `GruAttnConfig()` defaults (the default recipe), all with the seed's vocabulary, embedding and
-  hidden sizes. Utilisation is the model's FLOPs (worked out from the shapes, backward = 2 x forward) per second over
-  the matmul peak, which every timed section measures among its contenders (a `--matmul_size` square fp32 `mm`, or
-  for bf16 an `F.linear`, the layout `nn.Linear` uses), so that it sees the same load;
+  hidden sizes; with `--compile` also the seed converter's architecture under `torch.compile` (inductor), whose
+  first step, the compile, is timed on its own. Utilisation is the model's FLOPs (worked out from the shapes,
+  backward = 2 x forward) per second over the matmul peak, which every timed section measures among its contenders
+  (a `--matmul_size` square fp32 `mm`, or for bf16 an `F.linear`, the layout `nn.Linear` uses), so that it sees the
+  same load;
 - bf16 loss: mean training loss over the last 5 of `--loss_check_steps` steps under bf16 autocast against fp32, from
   the same initial weights and batches, on a copy task over 64 token ids with a `--loss_check_width_divisor` times
   narrower model (bf16 steps are slow on CPUs without native bf16 matmuls);
@@ -27,6 +29,7 @@ its threads are scheduled, which other processes' load delays. Sections:
 Example:
     python scripts/benchmark.py                 # full sizes (about 20 minutes on 2 cores without native bf16)
     python scripts/benchmark.py --bf16 False    # fp32 only
+    python scripts/benchmark.py --compile       # adds the torch.compile training row (compiling takes minutes)
     python scripts/benchmark.py --quick --json  # tiny sizes, JSON on stdout (used by the tests)
 """
 
@@ -78,6 +81,9 @@ class BenchmarkArguments:
     repeats: int = field(default=5, metadata={"help": "Timed runs of every contender (the median is reported)."})
     threads: int | None = field(default=None, metadata={"help": "torch.set_num_threads; default: torch's choice."})
     bf16: bool = field(default=True, metadata={"help": "Also run the bf16 rows (slow on CPUs without bf16 units)."})
+    compile: bool = field(
+        default=False, metadata={"help": "Also time our model's fp32 training step under torch.compile (opt-in)."}
+    )
     loss_check_steps: int = field(default=50, metadata={"help": "Training steps of the bf16-vs-fp32 loss check."})
     loss_check_width_divisor: int = field(
         default=4, metadata={"help": "The loss check divides vocabulary, embedding and hidden sizes by this."}
@@ -318,6 +324,13 @@ def bench_training(args, report, seed_module, autocast: bool, configs: dict[str,
                                 True, source, labels, autocast)}
     for name, config in configs.items():
         trainers[name] = TrainingStep(GruAttnForConditionalGeneration(config), False, source, labels, autocast)
+    compile_seconds = None
+    if args.compile and not autocast:
+        compiled = torch.compile(GruAttnForConditionalGeneration(configs["ours"]))
+        trainers["ours compiled"] = TrainingStep(compiled, False, source, labels, autocast)
+        start = time.perf_counter()
+        trainers["ours compiled"].step()  # compiles forward and backward
+        compile_seconds = time.perf_counter() - start
     peak_name, peak_run = matmul_runner(args.matmul_size, torch.bfloat16 if autocast else torch.float32)
     contenders = {name: trainer.step for name, trainer in trainers.items()}
     seconds = interleaved_medians({**contenders, peak_name: peak_run}, args.warmup, args.repeats)
@@ -327,11 +340,13 @@ def bench_training(args, report, seed_module, autocast: bool, configs: dict[str,
         if name == "seed":
             flops = 3 * seed_forward_flops(args, args.source_length, args.target_length)
         else:
-            flops = 3 * model_forward_flops(configs[name], args.source_length, args.target_length)
+            config = configs["ours" if name == "ours compiled" else name]
+            flops = 3 * model_forward_flops(config, args.source_length, args.target_length)
         flops_per_token = flops / args.target_length
+        extra = {"compile_seconds": compile_seconds} if name == "ours compiled" else {}
         report.add(section, name, ms=value * 1e3, throughput=tokens / value, unit="target tokens/s",
                    mflop_per_token=flops_per_token / 1e6,
-                   utilisation_pct=100 * tokens / value * flops_per_token / (peak * 1e9))
+                   utilisation_pct=100 * tokens / value * flops_per_token / (peak * 1e9), **extra)
     return trainers
 
 
@@ -474,6 +489,7 @@ def format_table(header: dict, report: Report) -> str:
                     f"{name} {row['ms']:>10.1f} ms {row['throughput']:>10.1f} {row['unit']:<16} "
                     f"x{row['throughput'] / baseline:5.2f}  util {row['utilisation_pct']:5.1f}%"
                     + (f"  {row['mflop_per_token']:.1f} MFLOP/token" if "mflop_per_token" in row else "")
+                    + (f"  (compiled in {row['compile_seconds']:.0f} s)" if "compile_seconds" in row else "")
                 )
             elif "loss" in row:
                 lines.append(f"{name} loss {row['loss']:.4f}  diff {row['relative_difference_pct']:.3f}%")

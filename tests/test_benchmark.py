@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS = ["ours", "ours default"]
@@ -33,14 +35,19 @@ EXPECTED_TARGETS = [
 ]
 
 
-def test_quick_benchmark_reports_every_row():
+def run_quick_benchmark(*flags: str, timeout: int = 120) -> dict:
+    """Runs the benchmark at tiny sizes on one thread and returns its JSON report."""
     # One thread: at these sizes, thread hand-offs on a busy machine cost more than the work.
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "benchmark.py"), "--quick", "--json", "--threads", "1"],
-        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
+        [sys.executable, str(REPO_ROOT / "scripts" / "benchmark.py"), "--quick", "--json", "--threads", "1", *flags],
+        capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+def test_quick_benchmark_reports_every_row():
+    report = run_quick_benchmark()
 
     found = {}
     for row in report["rows"]:
@@ -52,3 +59,12 @@ def test_quick_benchmark_reports_every_row():
     assert [target["name"] for target in report["targets"]] == EXPECTED_TARGETS
     assert all(isinstance(target["met"], bool) for target in report["targets"])
     assert report["header"]["threads"] == 1
+
+
+@pytest.mark.slow
+def test_compile_row_reports_its_compile_time():
+    # torch.compile needs a C++ compiler and takes about a minute even at tiny sizes.
+    report = run_quick_benchmark("--compile", "--bf16", "false", timeout=900)
+    row = next(row for row in report["rows"] if row["section"] == "train_fp32" and row["name"] == "ours compiled")
+    assert row["compile_seconds"] > 0 and row["throughput"] > 0
+    assert any(row["name"] == "train step: ours compiled" for row in report["rows"] if row["section"] == "peak_memory")
