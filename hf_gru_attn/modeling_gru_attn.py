@@ -90,33 +90,60 @@ class GruAttnCache:
         hidden (`torch.FloatTensor` of shape `(decoder_layers, batch_size, hidden_size)`): decoder GRU state.
         keys (`torch.FloatTensor` of shape `(batch_size, source_length, key_size)`): precomputed attention keys.
         seq_length (`int`): number of decoder tokens consumed so far.
+        key_groups (`torch.LongTensor` of shape `(batch_size,)`, *optional*): rows with equal ids hold identical
+            keys (the beams of one source sentence); worked out from `keys` when first needed.
     """
 
     is_compileable = False
     is_croppable = False
 
-    def __init__(self, hidden: torch.Tensor, keys: torch.Tensor, seq_length: int):
+    def __init__(
+        self, hidden: torch.Tensor, keys: torch.Tensor, seq_length: int, key_groups: torch.Tensor | None = None
+    ):
         self.hidden = hidden
         self.keys = keys
         self.seq_length = seq_length
+        self.key_groups = key_groups
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """Number of decoder tokens consumed so far."""
         return self.seq_length
 
     def reorder_cache(self, beam_idx: torch.LongTensor):
-        """Selects batch rows in place (beam search): `beam_idx` `(batch_size,)` gives each row's source row."""
-        self.batch_select_indices(beam_idx)
+        """
+        Selects batch rows in place (beam search): `beam_idx` `(batch_size,)` gives each row's source row.
+
+        Beam search moves rows only among the beams of one sentence, whose keys are identical (`generate()` copies
+        the encoder outputs per beam), so the keys, `source_length` times larger than the state, are gathered only
+        when some row would get other keys.
+        """
+        if self.key_groups is None:
+            self.key_groups = _identical_row_groups(self.keys)
+        beam_idx = beam_idx.to(self.key_groups.device)
+        if torch.equal(self.key_groups[beam_idx], self.key_groups):
+            self.hidden = self.hidden.index_select(1, beam_idx.to(self.hidden.device))
+        else:
+            self.batch_select_indices(beam_idx)
 
     def batch_select_indices(self, indices: torch.LongTensor):
-        """Keeps (or repeats) the batch rows given by `indices`, in place."""
+        """Keeps (or repeats) the batch rows given by `indices` `(new_batch_size,)`, in place."""
         self.hidden = self.hidden.index_select(1, indices.to(self.hidden.device))
         self.keys = self.keys.index_select(0, indices.to(self.keys.device))
+        if self.key_groups is not None:
+            self.key_groups = self.key_groups.index_select(0, indices.to(self.key_groups.device))
 
     def batch_repeat_interleave(self, repeats: int):
         """Repeats every batch row `repeats` times in place (as `generate()` does for beams and samples)."""
         self.hidden = self.hidden.repeat_interleave(repeats, dim=1)
         self.keys = self.keys.repeat_interleave(repeats, dim=0)
+        if self.key_groups is not None:
+            self.key_groups = self.key_groups.repeat_interleave(repeats, dim=0)
+
+
+def _identical_row_groups(keys: torch.Tensor) -> torch.LongTensor:
+    """Ids `(batch_size,)` of the runs of consecutive rows of `keys` `(batch_size, ...)` that are exactly equal."""
+    starts_new_run = (keys[1:] != keys[:-1]).flatten(1).any(dim=1)
+    return torch.cat([starts_new_run.new_zeros(1), starts_new_run]).cumsum(0)
 
 
 class GruAttnAttention(nn.Module):
@@ -442,6 +469,7 @@ class GruAttnDecoder(nn.Module):
             past_length = 0
         else:
             hidden, keys, past_length = list(cache.hidden.unbind(0)), cache.keys, cache.seq_length
+        key_groups = None if cache is None else cache.key_groups
 
         layers = [
             (getattr(self.rnn, f"weight_ih_l{k}"), getattr(self.rnn, f"bias_ih_l{k}"),
@@ -472,7 +500,7 @@ class GruAttnDecoder(nn.Module):
 
         outputs = torch.stack(outputs, dim=1)  # (batch, tgt_len, hidden_size)
         features = torch.cat([outputs, torch.stack(contexts, dim=1), embeddings], dim=2)
-        new_cache = GruAttnCache(torch.stack(hidden), keys, past_length + input_ids.shape[1])
+        new_cache = GruAttnCache(torch.stack(hidden), keys, past_length + input_ids.shape[1], key_groups)
         return features, new_cache, outputs, torch.stack(attentions, dim=1) if output_attentions else None
 
 

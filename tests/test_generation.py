@@ -365,6 +365,27 @@ def test_forward_accepts_cache_and_past_key_values(model, batch):
     torch.testing.assert_close(step_logits["cache"], full, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "beam_idx", [[1, 0, 0, 2, 4, 3], [0, 1, 2, 3, 4, 5], [3, 0, 1, 2, 4, 5], [5, 5, 5, 0, 0, 0]]
+)
+def test_cache_reorder_equals_index_select_and_skips_identical_keys(beam_idx):
+    # Rows 0-2 and 3-5 are the beams of two sentences (identical keys within each); reordering must give what
+    # index_select gives, and leave the keys tensor alone when every row keeps keys equal to its own.
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 6, 4)
+    keys = torch.randn(2, 3, 5).repeat_interleave(3, dim=0)
+    beam_idx = torch.tensor(beam_idx)
+    cache = GruAttnCache(hidden.clone(), keys.clone(), seq_length=1)
+    keys_before = cache.keys
+    cache.reorder_cache(beam_idx)
+    assert torch.equal(cache.hidden, hidden[:, beam_idx]) and torch.equal(cache.keys, keys[beam_idx])
+    within_sentences = bool((beam_idx // 3 == torch.arange(6) // 3).all())
+    assert (cache.keys is keys_before) == within_sentences
+    # a second reorder after a cross-sentence one still tracks which rows share keys
+    cache.reorder_cache(torch.tensor([2, 1, 0, 5, 4, 3]))
+    assert torch.equal(cache.keys, keys[beam_idx][[2, 1, 0, 5, 4, 3]])
+
+
 # ------------------------------------------------------------------------------------------------ sampling
 
 
