@@ -710,6 +710,19 @@ class GruAttnForConditionalGeneration(GruAttnPreTrainedModel, GenerationMixin):
         """Teacher-forcing decoder inputs from `labels` (see [`shift_tokens_right`]); used by the seq2seq collator."""
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
+    def _vocabulary_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """
+        `lm_head(features)` for `features` `(batch_size, target_length, readout_size)`. Without autograd on a CPU
+        (decoding), the same product is taken as `(W features^T + b)^T`: with few rows, as at every `generate()`
+        step, MKL splits that layout better over threads (1.2-1.6x faster on 2 cores for 8-320 rows, the same for
+        thousands) and the result is a transposed view rather than a copy.
+        """
+        if torch.is_grad_enabled() or features.device.type != "cpu":
+            return self.lm_head(features)
+        rows = features.reshape(-1, features.shape[-1])
+        logits = torch.addmm(self.lm_head.bias.unsqueeze(1), self.lm_head.weight, rows.t()).t()
+        return logits.view(*features.shape[:-1], logits.shape[-1])
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -787,7 +800,7 @@ class GruAttnForConditionalGeneration(GruAttnPreTrainedModel, GenerationMixin):
         features = F.dropout(outputs.last_hidden_state, self.config.dropout, self.training)
         if self.config.tie_word_embeddings:
             features = torch.tanh(self.readout(features))
-        logits = self.lm_head(features)  # (batch, tgt_len, decoder_vocab_size)
+        logits = self._vocabulary_logits(features)  # (batch, tgt_len, decoder_vocab_size)
 
         loss = None
         if labels is not None:

@@ -142,6 +142,21 @@ def test_fast_path_equals_reference(overrides):
         assert (logits[i] - expected).abs().max() <= ATOL
 
 
+@pytest.mark.parametrize("tie", [False, True])
+def test_decoding_layout_of_the_output_layer_gives_the_training_logits(tie):
+    # Without autograd (decoding) the output layer is computed in a transposed layout; with autograd it is lm_head.
+    model = make_model(seed=3, tie_word_embeddings=tie)
+    generator = torch.Generator().manual_seed(4)
+    input_ids, attention_mask = pad_batch([random_ids(5, generator), random_ids(2, generator)])
+    decoder_input_ids = torch.stack([random_ids(3, generator), random_ids(3, generator)])
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "decoder_input_ids": decoder_input_ids}
+    with torch.no_grad():
+        decoding = model(**inputs).logits
+    training = model(**inputs).logits
+    assert training.requires_grad and decoding.shape == training.shape == (2, 3, VOCAB)
+    torch.testing.assert_close(decoding, training.detach(), rtol=0, atol=ATOL)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Padding invariance, packing, attention
 
