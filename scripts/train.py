@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None):
     train_result = trainer.train(resume_from_checkpoint=last_checkpoint)
     train_minutes = clock.elapsed() / 60
     trainer.save_model()
-    metrics = dict(train_result.metrics, train_wall_clock_minutes=round(train_minutes, 2))
+    metrics = dict(train_result.metrics, train_wall_clock_minutes=train_minutes)
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     trainer.save_state()
