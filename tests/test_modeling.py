@@ -10,6 +10,7 @@ import logging
 
 import pytest
 import torch
+from torch import nn
 from transformers import AutoModelForSeq2SeqLM, Seq2SeqTrainer, Seq2SeqTrainingArguments
 from transformers.utils import logging as hf_logging
 
@@ -142,10 +143,12 @@ def test_fast_path_equals_reference(overrides):
         assert (logits[i] - expected).abs().max() <= ATOL
 
 
-@pytest.mark.parametrize("tie", [False, True])
-def test_decoding_layout_of_the_output_layer_gives_the_training_logits(tie):
+@pytest.mark.parametrize(("tie", "bias"), [(False, True), (True, True), (False, False)])
+def test_decoding_layout_of_the_output_layer_gives_the_training_logits(tie, bias):
     # Without autograd (decoding) the output layer is computed in a transposed layout; with autograd it is lm_head.
     model = make_model(seed=3, tie_word_embeddings=tie)
+    if not bias:  # a user's own output layer, set with set_output_embeddings
+        model.set_output_embeddings(nn.Linear(model.lm_head.in_features, VOCAB, bias=False))
     generator = torch.Generator().manual_seed(4)
     input_ids, attention_mask = pad_batch([random_ids(5, generator), random_ids(2, generator)])
     decoder_input_ids = torch.stack([random_ids(3, generator), random_ids(3, generator)])
