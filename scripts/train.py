@@ -140,6 +140,17 @@ class RecipeArguments:
     )
 
 
+def load_pretrained(auto_class, name_or_path: str, trust_remote_code: bool):
+    """`auto_class.from_pretrained(name_or_path)`; raises `ValueError` saying what to pass when it cannot load."""
+    try:
+        return auto_class.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except OSError as error:  # no such folder, not a model folder, or a Hub id that cannot be reached offline
+        raise ValueError(
+            f"Cannot load {name_or_path!r}: it is not a folder with a saved model and tokenizer, nor a Hub model id "
+            f"that can be downloaded ({str(error).splitlines()[0]}). Pass the output_dir of an earlier train.py run."
+        ) from None
+
+
 def parse_arguments(argv: list[str]):
     """Parses presets, a JSON file or command-line flags into the four argument dataclasses."""
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, Seq2SeqTrainingArguments, RecipeArguments))
@@ -206,7 +217,7 @@ def main(argv: list[str] | None = None):
     if tokenizer_source is None and last_checkpoint is not None:
         tokenizer_source = last_checkpoint
     if tokenizer_source is not None:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=model_args.trust_remote_code)
+        tokenizer = load_pretrained(AutoTokenizer, tokenizer_source, model_args.trust_remote_code)
     else:
         start = time.perf_counter()
         texts = (
@@ -218,9 +229,7 @@ def main(argv: list[str] | None = None):
         logger.info(f"Trained a {len(tokenizer)}-token tokenizer in {time.perf_counter() - start:.1f} s.")
 
     if model_args.model_name_or_path is not None:
-        model = AutoModelForSeq2SeqLM.from_pretrained(
-            model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code
-        )
+        model = load_pretrained(AutoModelForSeq2SeqLM, model_args.model_name_or_path, model_args.trust_remote_code)
         if len(tokenizer) > model.config.decoder_vocab_size:
             raise ValueError(
                 f"The tokenizer has {len(tokenizer)} tokens but the model's vocabulary has "

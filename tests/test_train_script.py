@@ -110,8 +110,11 @@ def test_user_flags_override_the_preset(train_script, tmp_path):
         (["--preset", "huge"], SystemExit, "--preset must be one of"),
         (["--train_file", "/nonexistent/train.jsonl"], FileNotFoundError, "/nonexistent/train.jsonl"),
         (["--source_lang", "fr"], ValueError, "fr"),
+        (["--model_name_or_path", "/nonexistent/model"], ValueError, "Cannot load '/nonexistent/model'"),
+        (["--tokenizer_name", "no_such_folder"], ValueError, "Pass the output_dir of an earlier train.py run"),
     ],
-    ids=["unknown-flag", "unknown-preset", "missing-data-file", "language-not-in-data"],
+    ids=["unknown-flag", "unknown-preset", "missing-data-file", "language-not-in-data", "missing-model",
+         "missing-tokenizer"],
 )
 def test_bad_arguments_fail_before_training(train_script, tmp_path, capsys, extra, error, message):
     output_dir = tmp_path / "out"
