@@ -147,6 +147,32 @@ def iter_line_chunks(stream, name: str, chunk_lines: int = 10_000) -> Iterator[l
         yield lines
 
 
+def check_output_path(flag: str, path: str | None, **inputs: str | None) -> None:
+    """
+    Checks an output path given on the command line before anything is read or written.
+
+    Args:
+        flag (`str`): the output's flag, for the message (e.g. `"--output_file"`).
+        path (`str`, *optional*): the output path; `None` (stdout, or no such output) passes.
+        **inputs (`str`, *optional*): the input files by flag name (e.g. `input_file=...`); `None` values are skipped.
+
+    Raises:
+        ValueError: if the folder of `path` does not exist, or `path` is one of the input files (writing it would
+            destroy the input).
+    """
+    if path is None:
+        return
+    target = Path(path)
+    if not target.resolve().parent.is_dir():
+        raise ValueError(f"{flag} {path!r}: folder {str(target.parent)!r} does not exist; create it.")
+    for name, source in inputs.items():
+        if source is not None and (target.resolve() == Path(source).resolve() or (
+            target.exists() and Path(source).exists() and os.path.samefile(target, source)
+        )):
+            raise ValueError(f"{flag} {path!r} is the --{name} file: writing it would destroy the input; choose "
+                             "another output file.")
+
+
 def read_lines(path: str | os.PathLike) -> list[str]:
     """
     Read a UTF-8 text file (optional BOM, LF/CRLF/CR line ends) as a list of lines.

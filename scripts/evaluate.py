@@ -27,6 +27,7 @@ from hf_gru_attn.evaluation import compute_translation_metrics  # noqa: E402
 from hf_gru_attn.translation import (  # noqa: E402
     DTYPES,
     DecodingArguments,
+    check_output_path,
     load_translation_model,
     read_lines,
     translate,
@@ -44,10 +45,9 @@ class EvaluateArguments:
     output_file: str | None = field(default=None, metadata={"help": "Also write the translations to this file."})
 
     def __post_init__(self):
-        if self.output_file is not None and not Path(self.output_file).resolve().parent.is_dir():
-            raise ValueError(
-                f"--output_file {self.output_file!r}: folder {str(Path(self.output_file).parent)!r} does not exist."
-            )
+        check_output_path(
+            "--output_file", self.output_file, source_file=self.source_file, reference_file=self.reference_file
+        )
 
 
 def main():

@@ -25,6 +25,7 @@ from hf_gru_attn.translation import (
     AttentionAlignment,
     DecodingArguments,
     attention_alignment,
+    check_output_path,
     iter_line_chunks,
     load_translation_model,
     translate,
@@ -50,9 +51,7 @@ class TranslateArguments:
 
     def __post_init__(self):
         for name in ("output_file", "plot_attention"):
-            path = getattr(self, name)
-            if path is not None and not Path(path).resolve().parent.is_dir():
-                raise ValueError(f"--{name} {path!r}: folder {str(Path(path).parent)!r} does not exist; create it.")
+            check_output_path(f"--{name}", getattr(self, name), input_file=self.input_file)
 
 
 def plot_attention(alignment: AttentionAlignment, path: str) -> None:

@@ -215,15 +215,22 @@ def test_translate_script_stdin_to_stdout(monkeypatch, capsysbinary, model_dir, 
         ("translate.py", ["--model", "{model}", "--output_file", "{tmp}/no/out.txt"], "does not exist; create it"),
         ("evaluate.py", ["--model", "{model}", "--source_file", "{src}", "--reference_file", "{tmp}/x"], "does not"),
         ("evaluate.py", ["--model", "{model}", "--source_file", "{src}", "--reference_file", "{ref}"], "line-aligned"),
+        ("translate.py", ["--model", "{model}", "--input_file", "{src}", "--output_file", "{tmp}/../{dir}/src.txt"],
+         "is the --input_file file"),
+        ("evaluate.py", ["--model", "{model}", "--source_file", "{src}", "--reference_file", "{ref}", "--output_file",
+                         "{ref}"], "is the --reference_file file"),
     ],
 )
 def test_scripts_fail_with_a_clear_message(monkeypatch, capsys, tmp_path, model_dir, script, args, message):
     (tmp_path / "src.txt").write_text("a\nb\n", encoding="utf-8")
     (tmp_path / "ref.txt").write_text("a\n", encoding="utf-8")
-    fill = {"tmp": tmp_path, "model": model_dir, "src": tmp_path / "src.txt", "ref": tmp_path / "ref.txt"}
+    fill = {"tmp": tmp_path, "model": model_dir, "src": tmp_path / "src.txt", "ref": tmp_path / "ref.txt",
+            "dir": tmp_path.name}
     with pytest.raises(SystemExit) as exit_info:
         run_main_in_process(monkeypatch, script, *(arg.format(**fill) for arg in args))
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err
     assert message.format(**fill) in stderr
     assert "Traceback" not in stderr
+    assert (tmp_path / "src.txt").read_text(encoding="utf-8") == "a\nb\n"  # inputs untouched
+    assert (tmp_path / "ref.txt").read_text(encoding="utf-8") == "a\n"
