@@ -88,10 +88,11 @@ def _results_section(results: dict | None, entries: list[EvalResult]) -> str:
         return "No results were recorded: `all_results.json` was missing when this card was written."
     if not entries:
         return "`all_results.json` holds no BLEU or chrF score."
-    beams = results.get("test_num_beams")
+    beams, sentences = results.get("test_num_beams"), results.get("test_num_sentences")
     lines = [
         "Corpus-level scores computed with sacreBLEU on detokenised output"
-        + (f", beam search with {beams} beams" if beams else "") + ":",
+        + (f", beam search with {beams} beams" if beams else "")
+        + (f", on {sentences:,} test sentences" if sentences else "") + ":",
         "",
         "| data | split | metric | score | sacreBLEU signature |",
         "|---|---|---|---|---|",

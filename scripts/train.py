@@ -300,6 +300,7 @@ def main(argv: list[str] | None = None):
         references = [example[data_args.target_lang] for example in raw_datasets["test"]["translation"]]
         test_metrics = {f"test_{k}": v for k, v in compute_translation_metrics(hypotheses, references).items()}
         test_metrics["test_num_beams"] = data_args.num_beams
+        test_metrics["test_num_sentences"] = len(hypotheses)
         trainer.log_metrics("test", test_metrics)
         trainer.save_metrics("test", test_metrics)
         (output_dir / "test_predictions.txt").write_text("\n".join(hypotheses) + "\n", encoding="utf-8")

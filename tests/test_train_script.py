@@ -59,6 +59,8 @@ def test_test_metrics_are_sacrebleu_on_the_written_predictions(quick_run):
     assert results["test_chrf"] == pytest.approx(sacrebleu.corpus_chrf(hypotheses, [references]).score)
     assert results["test_bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
     assert results["test_num_beams"] == 2 and results["train_wall_clock_minutes"] > 0
+    assert results["test_num_sentences"] == len(hypotheses) == 8
+    assert "beam search with 2 beams, on 8 test sentences:" in (quick_run / "README.md").read_text()
 
 
 def test_saved_model_reloads_and_translates_as_the_predictions_say(quick_run):
