@@ -524,6 +524,8 @@ def main():
                  f"batch {args.batch_size}, source {args.source_length}, target {args.target_length} tokens",
         "timing": f"median of {args.repeats} interleaved runs after {args.warmup} warm-up",
     }
+    if args.quick:
+        header["note"] = "--quick: tiny sizes that only check that every row runs; the targets apply to full sizes"
     configs = {"ours": seed_config_for(args), "ours default": default_config_for(args)}
     report = Report()
 
