@@ -72,6 +72,15 @@ class TranslationTrainer(Seq2SeqTrainer):
         self.gather_function = self.accelerator.gather_for_metrics
         return super().evaluation_loop(*args, **kwargs)
 
+    def _issue_warnings_after_load(self, load_result):
+        # A checkpoint stores each tied weight once, under its source's name, so reloading one (resume, best model at
+        # the end) reports the tied copies as missing; transformers only excuses `_keys_to_ignore_on_save` there.
+        tied = self.model.get_expanded_tied_weights_keys(all_submodels=True)
+        missing = [key for key in load_result.missing_keys if key not in tied]
+        if len(missing) < len(load_result.missing_keys):
+            self.model.tie_weights()
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
+
 
 def checkpoint_problem(checkpoint: Path) -> str | None:
     """

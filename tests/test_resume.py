@@ -212,3 +212,36 @@ def test_sigkill_during_a_checkpoint_then_rerun_gives_the_uninterrupted_weights(
     references = (data / "test.en").read_text(encoding="utf-8").splitlines()
     results = json.loads((killed / "all_results.json").read_text())
     assert results["test_bleu"] == sacrebleu.corpus_bleu(hypotheses, [references]).score
+
+
+@pytest.mark.parametrize(("share", "tie"), [(True, True), (False, True), (True, False)])
+def test_reloading_a_checkpoint_does_not_report_tied_weights_as_missing(tmp_path, share, tie):
+    # A checkpoint stores each tied weight once; reloading it (resume, best model at the end) must tie the copies
+    # again without transformers' "There were missing keys" warning, which would suggest a damaged checkpoint.
+    from transformers import Seq2SeqTrainingArguments
+    from transformers.utils import logging as hf_logging
+
+    from hf_gru_attn import GruAttnConfig, GruAttnForConditionalGeneration
+    from hf_gru_attn.training import TranslationTrainer
+
+    torch.manual_seed(0)
+    config = GruAttnConfig(vocab_size=30, embedding_size=8, hidden_size=8, share_embeddings=share,
+                           tie_word_embeddings=tie)
+    saved = GruAttnForConditionalGeneration(config)
+    saved.save_pretrained(tmp_path / "checkpoint-1")
+    model = GruAttnForConditionalGeneration(config)
+    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True)
+    trainer = TranslationTrainer(model=model, args=args)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    hf_logging.get_logger("transformers").addHandler(handler)
+    try:
+        trainer._load_from_checkpoint(str(tmp_path / "checkpoint-1"))
+    finally:
+        hf_logging.get_logger("transformers").removeHandler(handler)
+    assert not [record for record in records if "missing keys" in record.getMessage()]
+    for name, value in saved.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+    for target, source in model.get_expanded_tied_weights_keys(all_submodels=True).items():
+        assert model.get_parameter(target) is model.get_parameter(source)
