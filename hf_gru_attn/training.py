@@ -129,6 +129,22 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     return None
 
 
+def check_empty_output_dir(output_dir: str, overwrite: bool) -> None:
+    """
+    Checks, before any work starts, that a tool may write into `output_dir`: it does not exist yet, it is an empty
+    folder, or `overwrite` is set (used by the converter and tokenizer scripts; `scripts/train.py`, which resumes,
+    uses [`check_output_dir`]).
+
+    Raises:
+        ValueError: if `output_dir` exists and is not a folder, or is a non-empty folder and `overwrite` is not set.
+    """
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--output_dir {output_dir!r} exists and is not a folder.")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise ValueError(f"--output_dir {output_dir!r} is not empty; pass --overwrite_output_dir to write into it.")
+
+
 def check_output_dir(output_dir: str, overwrite: bool) -> str | None:
     """
     Decides what to do with an existing output directory, before any work starts.

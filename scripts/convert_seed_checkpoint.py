@@ -17,6 +17,7 @@ import torch
 from transformers import HfArgumentParser
 
 from hf_gru_attn.convert_seed import convert_seed_state_dict
+from hf_gru_attn.training import check_empty_output_dir
 
 
 @dataclass
@@ -33,13 +34,7 @@ class ConvertArguments:
     def __post_init__(self):
         if not Path(self.checkpoint).is_file():
             raise ValueError(f"--checkpoint {self.checkpoint!r} is not a file.")
-        output_dir = Path(self.output_dir)
-        if output_dir.exists() and not output_dir.is_dir():
-            raise ValueError(f"--output_dir {self.output_dir!r} exists and is not a folder.")
-        if output_dir.is_dir() and any(output_dir.iterdir()) and not self.overwrite_output_dir:
-            raise ValueError(
-                f"--output_dir {self.output_dir!r} is not empty; pass --overwrite_output_dir to write into it."
-            )
+        check_empty_output_dir(self.output_dir, self.overwrite_output_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,13 +12,13 @@ Example:
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from transformers import HfArgumentParser
 
 from hf_gru_attn.data import BUNDLED_MULTI30K_DIR
 from hf_gru_attn.tokenization import train_tokenizer
+from hf_gru_attn.training import check_empty_output_dir
 
 
 @dataclass
@@ -38,13 +38,7 @@ class TokenizerArguments:
     def __post_init__(self):
         if self.train_files is None:
             self.train_files = [str(BUNDLED_MULTI30K_DIR / "train.de"), str(BUNDLED_MULTI30K_DIR / "train.en")]
-        output_dir = Path(self.output_dir)
-        if output_dir.exists() and not output_dir.is_dir():
-            raise ValueError(f"--output_dir {self.output_dir!r} exists and is not a folder.")
-        if output_dir.is_dir() and any(output_dir.iterdir()) and not self.overwrite_output_dir:
-            raise ValueError(
-                f"--output_dir {self.output_dir!r} is not empty; pass --overwrite_output_dir to write into it."
-            )
+        check_empty_output_dir(self.output_dir, self.overwrite_output_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
