@@ -1,20 +1,21 @@
 """Training helpers for `scripts/train.py`: the `Seq2SeqTrainer` subclass and sampler it uses, the output-folder and
-checkpoint policy (resume from the newest complete checkpoint, never overwrite a finished run), the wall-clock
-callback and the learning-curve plot.
+checkpoint policy (resume from the newest complete checkpoint, never overwrite a finished run) and the learning-curve
+plot. Training to a time budget is in `time_budget.py`.
 """
 
 import json
 import logging
 import re
-import time
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from torch.utils.data import SequentialSampler
-from transformers import Seq2SeqTrainer, TrainerCallback
+from transformers import Seq2SeqTrainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
+
+from .time_budget import TimeBudgetLRScheduler, TrainingClock
 
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,30 @@ class TranslationTrainer(Seq2SeqTrainer):
       (`gather_for_metrics`). `Seq2SeqTrainer` uses plain `gather` since huggingface/transformers#27025, for
       `num_return_sequences > 1`, which this recipe never uses; with plain `gather` an eval set of 7 sentences on 2
       processes gives `compute_metrics` 8 predictions.
+    - With a `clock` that has a budget (`--max_train_minutes`), the learning-rate schedule is a
+      [`TimeBudgetLRScheduler`]: `--lr_scheduler_type` over the time budget, warmup `--warmup_steps` as a fraction of
+      it.
+
+    Args:
+        clock ([`TrainingClock`], *optional*): the run's clock; the other arguments are `Seq2SeqTrainer`'s.
     """
+
+    def __init__(self, *args, clock: TrainingClock | None = None, **kwargs):
+        self.clock = clock
+        super().__init__(*args, **kwargs)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.clock is None or self.clock.budget_seconds is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        self.lr_scheduler = TimeBudgetLRScheduler(
+            self.optimizer if optimizer is None else optimizer,
+            self.clock,
+            self.args.lr_scheduler_type,
+            warmup_fraction=self.args.warmup_steps,
+            scheduler_specific_kwargs=self.args.lr_scheduler_kwargs,
+        )
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
@@ -166,33 +190,6 @@ def check_output_dir(output_dir: str, overwrite: bool) -> str | None:
         f"Output directory {output_dir} already holds a model or other files. Pass --overwrite_output_dir to train "
         "from scratch into it (its contents are replaced), or choose another --output_dir."
     )
-
-
-class WallClockCallback(TrainerCallback):
-    """
-    Records the elapsed training time (seconds since this process started training) with every evaluation, and
-    stops training after `max_minutes` if set. The Trainer then ends the epoch early, so with per-epoch evaluation
-    the steps since the previous evaluation are evaluated and saved before the best checkpoint is chosen.
-    """
-
-    def __init__(self, max_minutes: float | None = None):
-        self.max_minutes = max_minutes
-        self.start = None
-        self.curve = []  # (elapsed seconds, eval metrics)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.start = time.perf_counter()
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
-
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        self.curve.append((self.elapsed(), dict(metrics or {})))
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.max_minutes is not None and self.elapsed() > 60 * self.max_minutes:
-            logger.warning(f"max_train_minutes={self.max_minutes} reached: stopping training.")
-            control.should_training_stop = True
 
 
 def plot_learning_curve(curve: list, path: Path):

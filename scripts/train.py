@@ -38,43 +38,42 @@ from hf_gru_attn import GruAttnConfig, GruAttnForConditionalGeneration  # noqa: 
 from hf_gru_attn.data import Seq2SeqCollator, load_bundled_multi30k, load_parallel_dataset, tokenize_dataset  # noqa: E402
 from hf_gru_attn.evaluation import build_compute_metrics, compute_translation_metrics, decode_token_ids  # noqa: E402
 from hf_gru_attn.model_card import render_model_card  # noqa: E402
+from hf_gru_attn.time_budget import TrainingClock, WallClockCallback  # noqa: E402
 from hf_gru_attn.tokenization import train_tokenizer  # noqa: E402
-from hf_gru_attn.training import (  # noqa: E402
-    TranslationTrainer,
-    WallClockCallback,
-    check_output_dir,
-    plot_learning_curve,
-)
+from hf_gru_attn.training import TranslationTrainer, check_output_dir, plot_learning_curve  # noqa: E402
 
 
 logger = logging.getLogger(__name__)
 
 # Each preset is a list of command-line arguments placed before the user's, so any flag the user gives wins.
+COMMON = [
+    "--embedding_size", "256", "--hidden_size", "512", "--bidirectional_encoder", "true",
+    "--encoder_layers", "1", "--decoder_layers", "1", "--attention_type", "additive",
+    "--dropout", "0.3", "--share_embeddings", "true", "--tie_word_embeddings", "true",
+    "--vocab_size", "8000", "--learning_rate", "2e-3", "--lr_scheduler_type", "linear",
+    "--weight_decay", "0.0", "--max_grad_norm", "1.0",
+    "--label_smoothing_factor", "0.1", "--per_device_train_batch_size", "96",
+    "--per_device_eval_batch_size", "128", "--train_sampling_strategy", "group_by_length",
+    "--eval_strategy", "epoch", "--save_strategy", "epoch", "--save_total_limit", "5",
+    "--load_best_model_at_end", "true", "--metric_for_best_model", "bleu", "--greater_is_better", "true",
+    "--predict_with_generate", "true", "--generation_num_beams", "1", "--generation_max_length", "80",
+    "--num_beams", "5", "--early_stopping_patience", "3",
+    "--logging_steps", "50", "--report_to", "none", "--use_cpu", "true", "--seed", "42",
+    "--dataloader_num_workers", "0",
+]
 PRESETS = {
-    "default": [
-        "--embedding_size", "256", "--hidden_size", "512", "--bidirectional_encoder", "true",
-        "--encoder_layers", "1", "--decoder_layers", "1", "--attention_type", "additive",
-        "--dropout", "0.3", "--share_embeddings", "true", "--tie_word_embeddings", "true",
-        "--vocab_size", "8000",
-        "--num_train_epochs", "10", "--max_train_minutes", "58",
-        "--learning_rate", "2e-3", "--lr_scheduler_type", "linear",
-        "--warmup_steps", "200", "--weight_decay", "0.0", "--max_grad_norm", "1.0",
-        "--label_smoothing_factor", "0.1", "--per_device_train_batch_size", "96",
-        "--per_device_eval_batch_size", "128", "--train_sampling_strategy", "group_by_length",
-        "--eval_strategy", "epoch", "--save_strategy", "epoch", "--save_total_limit", "2",
-        "--load_best_model_at_end", "true", "--metric_for_best_model", "bleu", "--greater_is_better", "true",
-        "--predict_with_generate", "true", "--generation_num_beams", "1", "--generation_max_length", "80",
-        "--num_beams", "5", "--early_stopping_patience", "3",
-        "--logging_steps", "50", "--report_to", "none", "--use_cpu", "true", "--seed", "42",
-        "--dataloader_num_workers", "0",
+    # A time budget: the schedule runs over 28 minutes whatever the machine's speed (the epoch count only bounds it).
+    "default": COMMON + [
+        "--max_train_minutes", "28", "--eval_every_minutes", "3", "--num_train_epochs", "1000",
+        "--warmup_steps", "0.04",
+    ],
+    "quick": COMMON + [
+        "--embedding_size", "128", "--hidden_size", "256", "--vocab_size", "2000",
+        "--max_train_samples", "3000", "--max_eval_samples", "200", "--max_predict_samples", "200",
+        "--num_train_epochs", "2", "--warmup_steps", "20", "--per_device_train_batch_size", "64",
+        "--logging_steps", "10",
     ],
 }
-PRESETS["quick"] = PRESETS["default"] + [
-    "--embedding_size", "128", "--hidden_size", "256", "--vocab_size", "2000",
-    "--max_train_samples", "3000", "--max_eval_samples", "200", "--max_predict_samples", "200",
-    "--num_train_epochs", "2", "--warmup_steps", "20", "--per_device_train_batch_size", "64",
-    "--logging_steps", "10",
-]
 
 
 @dataclass
@@ -136,7 +135,14 @@ class RecipeArguments:
         default=3, metadata={"help": "Stop after this many evaluations without a better validation BLEU."}
     )
     max_train_minutes: float | None = field(
-        default=None, metadata={"help": "Stop training (at the next step) after this many minutes of wall-clock."}
+        default=None,
+        metadata={"help": "Training budget in wall-clock minutes: the learning-rate schedule runs over this time "
+                  "(--warmup_steps is then a fraction of it) and training stops when it is spent."},
+    )
+    eval_every_minutes: float | None = field(
+        default=None,
+        metadata={"help": "Evaluate and save every this many training minutes (instead of --eval_strategy's "
+                  "cadence), and at the end."},
     )
 
 
@@ -194,6 +200,13 @@ def main(argv: list[str] | None = None):
     )
     transformers.utils.logging.set_verbosity_warning()
 
+    clock = TrainingClock(recipe_args.max_train_minutes)
+    clock_callback = WallClockCallback(clock, recipe_args.eval_every_minutes)
+    if clock.budget_seconds is not None and not 0 <= training_args.warmup_steps < 1:
+        raise ValueError(
+            f"With --max_train_minutes, --warmup_steps is the fraction of the time budget spent warming up (steps "
+            f"are not known in advance): pass a value in [0, 1) such as 0.05, not {training_args.warmup_steps}."
+        )
     last_checkpoint = check_output_dir(training_args.output_dir, recipe_args.overwrite_output_dir)
     output_dir = Path(training_args.output_dir)
     cache_dir = str(output_dir / "cache")
@@ -270,8 +283,7 @@ def main(argv: list[str] | None = None):
     )
     logger.info(f"Tokenized the data in {time.perf_counter() - start:.1f} s.")
 
-    clock = WallClockCallback(recipe_args.max_train_minutes)
-    callbacks = [clock]
+    callbacks = [clock_callback]
     if training_args.load_best_model_at_end and "validation" in tokenized:
         callbacks.append(EarlyStoppingCallback(recipe_args.early_stopping_patience))
     trainer = TranslationTrainer(
@@ -283,16 +295,17 @@ def main(argv: list[str] | None = None):
         processing_class=tokenizer,
         compute_metrics=build_compute_metrics(tokenizer),
         callbacks=callbacks,
+        clock=clock,
     )
 
     train_result = trainer.train(resume_from_checkpoint=last_checkpoint)
-    train_minutes = clock.elapsed() / 60
+    train_minutes = clock.read() / 60
     trainer.save_model()
     metrics = dict(train_result.metrics, train_wall_clock_minutes=train_minutes)
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     trainer.save_state()
-    plot_learning_curve(clock.curve, output_dir / "learning_curve.png")
+    plot_learning_curve(clock_callback.curve, output_dir / "learning_curve.png")
 
     if "test" in tokenized:
         predictions = trainer.predict(tokenized["test"], metric_key_prefix="test", num_beams=data_args.num_beams)
