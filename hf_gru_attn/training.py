@@ -6,6 +6,7 @@ plot. Training to a time budget is in `time_budget.py`.
 import json
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -139,8 +140,11 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
     return None
 
 
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The highest-step `checkpoint-<step>` folder of `output_dir` that is complete; incomplete ones are logged."""
+def complete_checkpoints(output_dir: str) -> Iterator[str]:
+    """
+    The complete `checkpoint-<step>` folders of `output_dir`, highest step first (by number, not name). Each is
+    checked with [`checkpoint_problem`] only when the iteration reaches it; incomplete ones are logged and skipped.
+    """
     pattern = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
     checkpoints = [
         (int(m.group(1)), p) for p in Path(output_dir).iterdir() if (m := pattern.fullmatch(p.name)) and p.is_dir()
@@ -148,9 +152,14 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     for _, path in sorted(checkpoints, reverse=True):
         problem = checkpoint_problem(path)
         if problem is None:
-            return str(path)
-        logger.warning(f"Skipping checkpoint {path}: {problem} (the run was probably stopped while saving it).")
-    return None
+            yield str(path)
+        else:
+            logger.warning(f"Skipping checkpoint {path}: {problem} (the run was probably stopped while saving it).")
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The highest-step `checkpoint-<step>` folder of `output_dir` that is complete; incomplete ones are logged."""
+    return next(complete_checkpoints(output_dir), None)
 
 
 def check_empty_output_dir(output_dir: str, overwrite: bool) -> None:

@@ -8,8 +8,9 @@ Upload a saved GRU attention model folder to the Hugging Face Hub in one commit.
 The commit holds the weights (`*.safetensors` only: pickle files such as `*.bin`/`*.pt` are never uploaded), the
 config, the generation config, the tokenizer files, the model's code files (`*.py`, written by `save_pretrained`
 for `trust_remote_code` loading), the translation pipeline file with the `custom_pipelines` entry of `config.json`
-(so `pipeline("translation", model=repo_id, trust_remote_code=True)` works), `all_results.json` when present, and
-`README.md`, the model card rendered from `model_card.md` for this repo id. Checkpoints, optimizer states and
+(so `pipeline("translation", model=repo_id, trust_remote_code=True)` works), `all_results.json` and
+`training_data.json` (which data the model was trained on) when present, and `README.md`, the model card rendered
+from `model_card.md` for this repo id. Checkpoints, optimizer states and
 training arguments in the folder are left out. Files of those kinds that an earlier push left on the branch and that
 the folder no longer has (old weight shards, results, code files) are deleted in the same commit.
 
@@ -40,6 +41,7 @@ UPLOAD_FILES = (
     "special_tokens_map.json",
     "added_tokens.json",
     "all_results.json",
+    "training_data.json",
     "learning_curve.png",
 )
 WEIGHT_PATTERNS = ("*.safetensors", "model.safetensors.index.json")

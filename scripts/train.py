@@ -9,7 +9,8 @@ test2016 with beam search. `--preset quick` is a few-minute version for demos an
 come from one JSON file: `python scripts/train.py args.json`.
 
 Writes into `--output_dir`: the model (weights, config, generation config, code), the tokenizer, `README.md` (model
-card), `all_results.json` (sacreBLEU, chrF and their signatures), `learning_curve.png` and the Trainer checkpoints.
+card), `all_results.json` (sacreBLEU, chrF and their signatures), `training_data.json` (the data arguments, which
+the model card names), `learning_curve.png` and the Trainer checkpoints.
 """
 
 import json
@@ -37,7 +38,7 @@ from transformers import (  # noqa: E402
 from hf_gru_attn import GruAttnConfig, GruAttnForConditionalGeneration  # noqa: E402
 from hf_gru_attn.data import Seq2SeqCollator, load_bundled_multi30k, load_parallel_dataset, tokenize_dataset  # noqa: E402
 from hf_gru_attn.evaluation import build_compute_metrics, compute_translation_metrics, decode_token_ids  # noqa: E402
-from hf_gru_attn.model_card import render_model_card  # noqa: E402
+from hf_gru_attn.model_card import TrainingData, render_model_card  # noqa: E402
 from hf_gru_attn.time_budget import TrainingClock, WallClockCallback  # noqa: E402
 from hf_gru_attn.tokenization import train_tokenizer  # noqa: E402
 from hf_gru_attn.training import TranslationTrainer, check_output_dir, plot_learning_curve  # noqa: E402
@@ -318,6 +319,7 @@ def main(argv: list[str] | None = None):
         trainer.save_metrics("test", test_metrics)
         (output_dir / "test_predictions.txt").write_text("\n".join(hypotheses) + "\n", encoding="utf-8")
 
+    TrainingData.from_arguments(data_args).save(output_dir)
     (output_dir / "README.md").write_text(render_model_card(
         str(output_dir), source_lang=data_args.source_lang, target_lang=data_args.target_lang
     ), encoding="utf-8")

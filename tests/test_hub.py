@@ -36,7 +36,7 @@ from transformers import (
 
 import hf_gru_attn
 from hf_gru_attn import GruAttnConfig, GruAttnForConditionalGeneration
-from hf_gru_attn.model_card import render_model_card
+from hf_gru_attn.model_card import TrainingData, render_model_card
 from hf_gru_attn.pipeline_gru_attn import REGISTERED_TASK, register_pipeline
 
 
@@ -320,13 +320,77 @@ def test_model_card_metadata(tmp_path):
     assert results[("test", "sacrebleu")].metric_value == 12.35
     assert results[("test", "sacrebleu")].metric_config == RESULTS["test_bleu_signature"]
     assert results[("test", "chrf")].metric_value == 40.5 and results[("validation", "sacrebleu")].metric_value == 11.0
+    assert {r.dataset_name for r in results.values()} == {"Multi30k test2016 (Flickr)", "Multi30k validation"}
     text = (folder / "README.md").read_text(encoding="utf-8")
     assert "${" not in text and "Bahdanau" in text and "Elliott" in text and "Multi30K" in text
+    assert "| Multi30k test2016 (Flickr) | test | sacreBLEU | 12.35 |" in text
 
     (folder / "all_results.json").unlink()
     card = ModelCard(render_model_card(folder, template=REPO_ROOT / "model_card.md"))
     assert card.data.eval_results is None and "all_results.json` was missing" in card.text
     assert 'model_id = "."' in card.text
+
+
+def card_sections(text: str) -> dict[str, str]:
+    """The card's YAML front matter (key "yaml") and its `## ` sections by title."""
+    _, front_matter, body = text.split("---\n", 2)
+    sections = {"yaml": front_matter}
+    for chunk in body.split("\n## ")[1:]:
+        title, _, content = chunk.partition("\n")
+        sections[title] = content
+    return sections
+
+
+def test_model_card_names_the_local_files_it_was_trained_on(tmp_path):
+    tokenizer = make_tokenizer()
+    folder = save_model(make_model(0, len(tokenizer)), tokenizer, tmp_path / "m", RESULTS)
+    TrainingData(train_file="corpus/fr-en.train.tsv", validation_file="corpus/dev.tsv",
+                 test_file="corpus/news.test.tsv").save(folder)
+    text = render_model_card(folder, "someone/gru-fr-en", source_lang="fr", target_lang="en")
+    sections = card_sections(text)
+    assert "`corpus/fr-en.train.tsv`" in sections["Training data"] and "`corpus/dev.tsv`" in sections["Training data"]
+    assert "| corpus/news.test.tsv | test | sacreBLEU | 12.35 |" in sections["Evaluation"]
+    assert "| corpus/dev.tsv | validation | sacreBLEU | 11.00 |" in sections["Evaluation"]
+    card = ModelCard(text)
+    assert card.data.datasets is None  # `datasets:` holds Hub dataset ids, and local files have none
+    assert {(r.dataset_name, r.dataset_type, r.dataset_split) for r in card.data.eval_results} == {
+        ("corpus/news.test.tsv", "corpus/news.test.tsv", "test"), ("corpus/dev.tsv", "corpus/dev.tsv", "validation")}
+    assert "multi30k" not in text.lower() and "image captions" not in text and "${" not in text
+
+
+def test_model_card_names_the_hub_dataset_it_was_trained_on(tmp_path):
+    tokenizer = make_tokenizer()
+    folder = save_model(make_model(0, len(tokenizer)), tokenizer, tmp_path / "m", RESULTS)
+    TrainingData(dataset_name="wmt16", dataset_config_name="de-en").save(folder)
+    text = render_model_card(folder)
+    card = ModelCard(text)
+    assert card.data.datasets == ["wmt16"]
+    assert {(r.dataset_type, r.dataset_config, r.dataset_name) for r in card.data.eval_results} == {
+        ("wmt16", "de-en", "wmt16 (de-en) test"), ("wmt16", "de-en", "wmt16 (de-en) validation")}
+    sections = card_sections(text)
+    assert "https://huggingface.co/datasets/wmt16" in sections["Training data"]
+    assert "| wmt16 (de-en) test | test | sacreBLEU | 12.35 |" in sections["Evaluation"]
+    assert "multi30k" not in text.lower()
+
+
+def test_push_renders_the_card_for_the_data_the_folder_was_trained_on(tmp_path):
+    tokenizer = make_tokenizer()
+    folder = save_model(make_model(0, len(tokenizer)), tokenizer, tmp_path / "m", RESULTS)
+    TrainingData(train_file="pairs.jsonl", test_file="test.jsonl").save(folder)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    assert "training_data.json" in load_push_script().stage_model_folder(folder, staging, REPO_ID, "de", "en")
+    sections = card_sections((staging / "README.md").read_text(encoding="utf-8"))
+    assert "- training: `pairs.jsonl`" in sections["Training data"]
+    assert "- validation (checkpoint selection): none" in sections["Training data"]
+    assert "| test.jsonl | test | sacreBLEU | 12.35 |" in sections["Evaluation"]
+    assert "Multi30k" not in "".join(sections.values())
+
+
+def test_training_data_file_that_is_not_a_record_is_a_clear_error(tmp_path):
+    (tmp_path / "training_data.json").write_text('{"train_files": ["a"]}', encoding="utf-8")
+    with pytest.raises(ValueError, match="training_data.json is not a JSON object of"):
+        TrainingData.load(tmp_path)
 
 
 def test_bl06_auto_classes_on_a_custom_model_type_and_reimport(tmp_path):

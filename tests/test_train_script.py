@@ -49,6 +49,7 @@ def test_quick_preset_writes_a_complete_model_folder(quick_run):
     assert json.loads((quick_run / "generation_config.json").read_text())["num_beams"] == 2
     card = (quick_run / "README.md").read_text()
     assert card.startswith("---\n") and "library_name: transformers" in card and "model-index" in card
+    assert "- multi30k" in card and "| Multi30k test2016 (Flickr) | test | sacreBLEU |" in card
 
 
 def test_test_metrics_are_sacrebleu_on_the_written_predictions(quick_run):
@@ -84,6 +85,8 @@ def test_fine_tuning_keeps_the_tokenizer(train_script, quick_run, tmp_path):
         "--validation_file", str(data), *TINY,
     ])
     assert (output_dir / "tokenizer.json").read_text() == (quick_run / "tokenizer.json").read_text()
+    card = (output_dir / "README.md").read_text()  # names the data it was trained on, not the bundled Multi30k
+    assert f"- training: `{data}`" in card and "multi30k" not in card.lower()
     before = AutoModelForSeq2SeqLM.from_pretrained(quick_run).state_dict()
     after = AutoModelForSeq2SeqLM.from_pretrained(output_dir).state_dict()
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
