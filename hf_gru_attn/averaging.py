@@ -13,14 +13,18 @@ the mean is loaded into a model ([`load_averaged_weights`]).
 """
 
 import json
+import logging
 from itertools import islice
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, EarlyStoppingCallback, PreTrainedModel, Trainer
 
 from .training import complete_checkpoints
+
+
+logger = logging.getLogger(__name__)
 
 
 # config.json fields that record how a checkpoint was written, not the architecture.
@@ -222,3 +226,34 @@ def save_averaged_model(checkpoint_dirs: list[str], output_dir: str) -> PreTrain
     if tokenizers != {None}:
         AutoTokenizer.from_pretrained(checkpoint_dirs[0]).save_pretrained(output_dir)
     return model.eval()
+
+
+def keep_checkpoint_average_if_better(trainer: Trainer, k: int) -> dict[str, float]:
+    """
+    After training with `load_best_model_at_end`: averages the weights of the run's last `k` checkpoints
+    ([`average_last_checkpoints`]), evaluates the average on the
+    validation set and keeps it in `trainer.model` if its `metric_for_best_model` beats the best checkpoint's, else
+    restores the best checkpoint's weights.
+
+    Returns:
+        `{"eval_best_<metric>": ..., "eval_averaged_<metric>": ..., "checkpoints_averaged": k or 0}` (0: the best
+        checkpoint was kept).
+
+    Raises:
+        ValueError: as `average_last_checkpoints` (fewer than `k` complete checkpoints, other architectures, ...).
+    """
+    metric = trainer.args.metric_for_best_model
+    best = trainer.state.best_metric
+    trainer.pop_callback(EarlyStoppingCallback)  # training is over; the average's evaluation is no stopping signal
+    best_weights = {name: tensor.detach().clone() for name, tensor in trainer.model.state_dict().items()}
+    load_averaged_weights(trainer.model, average_last_checkpoints(trainer.args.output_dir, k))
+    averaged = trainer.evaluate(metric_key_prefix="eval_averaged")[f"eval_averaged_{metric}"]
+    better = averaged > best if trainer.args.greater_is_better else averaged < best
+    if better:
+        logger.info(f"The average of the last {k} checkpoints has validation {metric} {averaged:.2f} (best single "
+                    f"checkpoint {best:.2f}): keeping the average.")
+    else:
+        logger.info(f"The average of the last {k} checkpoints has validation {metric} {averaged:.2f}, not better than "
+                    f"the best checkpoint's {best:.2f}: keeping the best checkpoint.")
+        trainer.model.load_state_dict(best_weights)
+    return {f"eval_best_{metric}": best, f"eval_averaged_{metric}": averaged, "checkpoints_averaged": k * better}

@@ -36,6 +36,8 @@ from transformers import (  # noqa: E402
 )
 
 from hf_gru_attn import GruAttnConfig, GruAttnForConditionalGeneration  # noqa: E402
+from hf_gru_attn.averaging import keep_checkpoint_average_if_better  # noqa: E402
+from hf_gru_attn.cpu_threads import LoadAwareThreadsCallback  # noqa: E402
 from hf_gru_attn.data import Seq2SeqCollator, load_bundled_multi30k, load_parallel_dataset, tokenize_dataset  # noqa: E402
 from hf_gru_attn.evaluation import build_compute_metrics, compute_translation_metrics, decode_token_ids  # noqa: E402
 from hf_gru_attn.model_card import TrainingData, render_model_card  # noqa: E402
@@ -66,7 +68,7 @@ PRESETS = {
     # A time budget: the schedule runs over 28 minutes whatever the machine's speed (the epoch count only bounds it).
     "default": COMMON + [
         "--max_train_minutes", "28", "--eval_every_minutes", "3", "--num_train_epochs", "1000",
-        "--warmup_steps", "0.04",
+        "--warmup_steps", "0.04", "--average_last_checkpoints", "4",
     ],
     "quick": COMMON + [
         "--embedding_size", "128", "--hidden_size", "256", "--vocab_size", "2000",
@@ -139,6 +141,15 @@ class RecipeArguments:
         default=None,
         metadata={"help": "Training budget in wall-clock minutes: the learning-rate schedule runs over this time "
                   "(--warmup_steps is then a fraction of it) and training stops when it is spent."},
+    )
+    average_last_checkpoints: int = field(
+        default=0,
+        metadata={"help": "At the end, average the last K checkpoints and keep the average if its validation BLEU "
+                  "beats the best checkpoint's (needs --save_total_limit >= K); 0 or 1: no averaging."},
+    )
+    adapt_threads_to_load: bool = field(
+        default=True,
+        metadata={"help": "On CPU, use fewer torch threads while other processes keep some of our cores busy."},
     )
     eval_every_minutes: float | None = field(
         default=None,
@@ -285,6 +296,8 @@ def main(argv: list[str] | None = None):
     logger.info(f"Tokenized the data in {time.perf_counter() - start:.1f} s.")
 
     callbacks = [clock_callback]
+    if recipe_args.adapt_threads_to_load and training_args.device.type == "cpu":
+        callbacks.append(LoadAwareThreadsCallback())
     if training_args.load_best_model_at_end and "validation" in tokenized:
         callbacks.append(EarlyStoppingCallback(recipe_args.early_stopping_patience))
     trainer = TranslationTrainer(
@@ -301,8 +314,10 @@ def main(argv: list[str] | None = None):
 
     train_result = trainer.train(resume_from_checkpoint=last_checkpoint)
     train_minutes = clock.read() / 60
-    trainer.save_model()
     metrics = dict(train_result.metrics, train_wall_clock_minutes=train_minutes)
+    if recipe_args.average_last_checkpoints > 1 and training_args.load_best_model_at_end and "validation" in tokenized:
+        metrics.update(keep_checkpoint_average_if_better(trainer, recipe_args.average_last_checkpoints))
+    trainer.save_model()
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     trainer.save_state()

@@ -250,3 +250,24 @@ def test_script_on_the_checkpoints_of_a_tiny_training_run(train_script, tmp_path
     assert (output_dir / "tokenizer.json").read_text() == (run_dir / "tokenizer.json").read_text()
     output = model.generate(**tokenizer(["Zwei Hunde spielen."], return_tensors="pt"), max_new_tokens=5)
     assert output.shape[0] == 1
+
+
+def test_train_script_keeps_the_average_only_when_it_validates_better(train_script, tmp_path):
+    from test_train_script import TINY
+
+    run_dir = tmp_path / "run"
+    train_script.main(["--output_dir", str(run_dir), *TINY, "--num_train_epochs", "3", "--save_total_limit", "3",
+                       "--average_last_checkpoints", "2", "--learning_rate", "0.02"])
+    results = json.loads((run_dir / "all_results.json").read_text())
+    checkpoints = sorted(run_dir.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
+    assert results["eval_best_bleu"] == state["best_metric"]
+    saved = AutoModelForSeq2SeqLM.from_pretrained(run_dir).state_dict()
+    if results["eval_averaged_bleu"] > results["eval_best_bleu"]:
+        assert results["checkpoints_averaged"] == 2
+        expected = expected_mean(checkpoints[-2:])
+    else:
+        assert results["checkpoints_averaged"] == 0
+        expected = expected_mean([Path(state["best_model_checkpoint"])])
+    for name, tensor in expected.items():
+        torch.testing.assert_close(saved[name], tensor, rtol=0, atol=1e-7)
