@@ -257,10 +257,16 @@ def _results_section(results: dict | None, entries: list[EvalResult]) -> str:
 def _training_section(results: dict | None, model_dir: Path) -> str:
     if not results or "train_wall_clock_minutes" not in results:
         return "No training record: `all_results.json` has no `train_wall_clock_minutes`."
+    if results.get("checkpoints_averaged", 0) > 1:
+        kept = (f"the average of the last {results['checkpoints_averaged']} checkpoints was kept, as its validation "
+                f"BLEU (greedy decoding of the validation set, {results['eval_averaged_bleu']:.2f}) beat the best "
+                f"single checkpoint's ({results['eval_best_bleu']:.2f}).")
+    else:
+        kept = "the checkpoint with the best validation BLEU (greedy decoding of the validation set) was kept."
     lines = [
         f"Trained with `scripts/train.py` for {results['train_wall_clock_minutes']:.1f} minutes of wall-clock "
         f"({results.get('epoch', 0):.1f} epochs, final training loss {results.get('train_loss', float('nan')):.3f}); "
-        "the checkpoint with the best validation BLEU (greedy decoding of the validation set) was kept.",
+        + kept,
     ]
     if (model_dir / "learning_curve.png").is_file():
         lines += ["", "![validation BLEU against training time](learning_curve.png)"]

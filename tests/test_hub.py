@@ -341,6 +341,18 @@ def card_sections(text: str) -> dict[str, str]:
     return sections
 
 
+def test_model_card_says_whether_the_checkpoint_average_was_kept(tmp_path):
+    tokenizer = make_tokenizer()
+    trained = dict(RESULTS, train_wall_clock_minutes=27.9, epoch=20.1)
+    folder = save_model(make_model(0, len(tokenizer)), tokenizer, tmp_path / "m", trained)
+    assert "the checkpoint with the best validation BLEU" in render_model_card(folder)
+    averaged = dict(trained, checkpoints_averaged=4, eval_averaged_bleu=11.5, eval_best_bleu=11.0)
+    (folder / "all_results.json").write_text(json.dumps(averaged))
+    text = render_model_card(folder)
+    assert "the average of the last 4 checkpoints was kept" in text and "(11.00)" in text and "11.50" in text
+    assert "the checkpoint with the best validation BLEU" not in text
+
+
 def test_model_card_names_the_local_files_it_was_trained_on(tmp_path):
     tokenizer = make_tokenizer()
     folder = save_model(make_model(0, len(tokenizer)), tokenizer, tmp_path / "m", RESULTS)
