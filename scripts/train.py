@@ -25,6 +25,7 @@ from pathlib import Path
 # This folder holds scripts/evaluate.py, named like the `evaluate` library: keep it off sys.path.
 sys.path = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
 
+import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForSeq2SeqLM,
@@ -39,6 +40,7 @@ from hf_gru_attn import GruAttnConfig, GruAttnForConditionalGeneration  # noqa: 
 from hf_gru_attn.averaging import keep_checkpoint_average_if_better  # noqa: E402
 from hf_gru_attn.cpu_threads import LoadAwareThreadsCallback  # noqa: E402
 from hf_gru_attn.data import Seq2SeqCollator, load_bundled_multi30k, load_parallel_dataset, tokenize_dataset  # noqa: E402
+from hf_gru_attn.decoding_dtype import choose_decoding_dtype  # noqa: E402
 from hf_gru_attn.evaluation import build_compute_metrics, compute_translation_metrics, decode_token_ids  # noqa: E402
 from hf_gru_attn.model_card import TrainingData, render_model_card  # noqa: E402
 from hf_gru_attn.time_budget import TrainingClock, WallClockCallback  # noqa: E402
@@ -65,10 +67,10 @@ COMMON = [
     "--dataloader_num_workers", "0",
 ]
 PRESETS = {
-    # A time budget: the schedule runs over 28 minutes whatever the machine's speed (the epoch count only bounds it).
+    # A time budget: the schedule runs over 29 minutes whatever the machine's speed (the epoch count only bounds it).
     "default": COMMON + [
-        "--max_train_minutes", "28", "--eval_every_minutes", "3", "--num_train_epochs", "1000",
-        "--warmup_steps", "0.04", "--average_last_checkpoints", "4",
+        "--max_train_minutes", "29", "--eval_every_minutes", "4", "--num_train_epochs", "1000",
+        "--warmup_steps", "0.04", "--average_last_checkpoints", "3", "--bf16", "auto",
     ],
     "quick": COMMON + [
         "--embedding_size", "128", "--hidden_size", "256", "--vocab_size", "2000",
@@ -169,6 +171,30 @@ def load_pretrained(auto_class, name_or_path: str, trust_remote_code: bool):
         ) from None
 
 
+def resolve_bf16_auto(parser: HfArgumentParser, argv: list[str]) -> list[str]:
+    """
+    Replaces the value of the last `--bf16` flag, when it is `auto`, by `true` where bf16 matmuls at the model's
+    shapes measure faster than float32 on the training device (native AVX512-BF16/AMX, bf16 GPUs), else `false`
+    ([`~hf_gru_attn.decoding_dtype.choose_decoding_dtype`], measured once per machine and cached). The shapes are
+    those of a new model from the architecture flags, with the batch size's rows.
+    """
+    values = [i + 1 for i, flag in enumerate(argv[:-1]) if flag == "--bf16"]
+    if not values or argv[values[-1]] != "auto":
+        return argv
+    argv = list(argv)
+    argv[values[-1]] = "false"
+    model_args, _, training_args, _, _ = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    config = GruAttnConfig(
+        vocab_size=model_args.vocab_size, embedding_size=model_args.embedding_size,
+        hidden_size=model_args.hidden_size, bidirectional_encoder=model_args.bidirectional_encoder,
+        attention_type=model_args.attention_type, tie_word_embeddings=model_args.tie_word_embeddings,
+    )
+    device = "cuda" if not training_args.use_cpu and torch.cuda.is_available() else "cpu"
+    dtype = choose_decoding_dtype(config, device, rows=training_args.per_device_train_batch_size)
+    argv[values[-1]] = "true" if dtype == torch.bfloat16 else "false"
+    return argv
+
+
 def parse_arguments(argv: list[str]):
     """Parses presets, a JSON file or command-line flags into the four argument dataclasses."""
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, Seq2SeqTrainingArguments, RecipeArguments))
@@ -182,7 +208,7 @@ def parse_arguments(argv: list[str]):
     if preset not in PRESETS:
         parser.error(f"--preset must be one of {sorted(PRESETS)}, got {preset!r}")
     model_args, data_args, training_args, recipe_args, unknown = parser.parse_args_into_dataclasses(
-        args=PRESETS[preset] + argv, return_remaining_strings=True
+        args=resolve_bf16_auto(parser, PRESETS[preset] + argv), return_remaining_strings=True
     )
     if unknown:
         parser.error(f"unknown arguments: {' '.join(unknown)} (see --help)")
@@ -220,6 +246,7 @@ def main(argv: list[str] | None = None):
             f"are not known in advance): pass a value in [0, 1) such as 0.05, not {training_args.warmup_steps}."
         )
     last_checkpoint = check_output_dir(training_args.output_dir, recipe_args.overwrite_output_dir)
+    logger.info(f"Training {'under bf16 autocast' if training_args.bf16 else 'in float32'}.")
     output_dir = Path(training_args.output_dir)
     cache_dir = str(output_dir / "cache")
     set_seed(training_args.seed)

@@ -138,3 +138,21 @@ def test_output_dir_holding_a_model_is_not_overwritten(train_script, quick_run, 
     with pytest.raises(ValueError, match="--overwrite_output_dir"):
         train_script.main(["--output_dir", str(folder), *TINY])
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+
+
+@pytest.mark.parametrize(("measured", "expected"), [(torch.bfloat16, True), (torch.float32, False)])
+def test_bf16_auto_trains_in_bf16_only_where_it_measures_faster(train_script, tmp_path, monkeypatch, measured,
+                                                                expected):
+    calls = []
+
+    def fake_choice(config, device, rows):
+        calls.append((config.hidden_size, config.vocab_size, device, rows))
+        return measured
+
+    monkeypatch.setattr(train_script, "choose_decoding_dtype", fake_choice)
+    flags = ["--output_dir", str(tmp_path), "--hidden_size", "64", "--per_device_train_batch_size", "8"]
+    training_args = train_script.parse_arguments(flags + ["--bf16", "auto"])[2]
+    assert training_args.bf16 is expected and calls == [(64, 8000, "cpu", 8)]
+    assert train_script.parse_arguments(flags + ["--bf16", "false"])[2].bf16 is False  # given values are kept
+    assert train_script.parse_arguments(flags + ["--bf16", "true"])[2].bf16 is True
+    assert len(calls) == 1
