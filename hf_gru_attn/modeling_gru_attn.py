@@ -21,7 +21,8 @@ from .configuration_gru_attn import GruAttnConfig
 logger = logging.get_logger(__name__)
 
 # generate() defaults shipped with every model (save_pretrained writes them to generation_config.json; from_pretrained
-# reads that file back instead). `max_length` counts the decoder start token; users override any of them per call.
+# reads that file back instead). `max_length` counts the decoder start token; users override any of them per call
+# (a per-call `max_new_tokens` replaces the shipped `max_length`, see `GruAttnForConditionalGeneration.generate`).
 DEFAULT_GENERATION_SETTINGS = {"num_beams": 5, "max_length": 128, "early_stopping": True, "length_penalty": 1.0}
 
 
@@ -691,6 +692,34 @@ class GruAttnForConditionalGeneration(GruAttnPreTrainedModel, GenerationMixin):
         for name, value in DEFAULT_GENERATION_SETTINGS.items():
             if getattr(self.generation_config, name, None) is None:
                 setattr(self.generation_config, name, value)
+
+    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
+        """
+        [`GenerationMixin.generate`], with a per-call `max_new_tokens` replacing the `max_length` of
+        `model.generation_config` silently.
+
+        transformers 5.24 treats a `max_length` in the model's generation config as set by the user
+        (`has_default_max_length` in `generate` requires `model.generation_config.max_length is None`) and logs "Both
+        `max_new_tokens` and `max_length` seem to have been set" at every call that passes `max_new_tokens`, though
+        `max_new_tokens` wins anyway. Shipped defaults belong in `generation_config.json` (transformers'
+        `GenerationConfig._get_default_generation_params` says so; its per-model alternative,
+        `generation_config_class`, is not reloaded by `from_pretrained` for `GenerationMixin` models, and
+        `Seq2SeqTrainer` writes the defaults into `model.generation_config` at every evaluation), so this passes
+        `max_length=None` with `max_new_tokens`, as transformers' docs advise users to (PR 26147). An explicit
+        per-call `max_length` (alone or with `max_new_tokens`) and a `generation_config` argument pass unchanged.
+
+        Args:
+            inputs (`torch.LongTensor` of shape `(batch_size, source_length)`, *optional*): source ids.
+            generation_config ([`~transformers.GenerationConfig`], *optional*): replaces `model.generation_config`.
+            **kwargs: generation settings and model inputs, as for [`GenerationMixin.generate`].
+
+        Returns:
+            As [`GenerationMixin.generate`]: `torch.LongTensor` of shape `(batch_size * num_return_sequences,
+            target_length)` (decoder start token first), or a `ModelOutput` with `return_dict_in_generate=True`.
+        """
+        if generation_config is None and kwargs.get("max_new_tokens") is not None and "max_length" not in kwargs:
+            kwargs["max_length"] = None
+        return super().generate(inputs, generation_config, **kwargs)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.get_input_embeddings()
