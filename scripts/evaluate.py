@@ -25,7 +25,6 @@ from transformers import HfArgumentParser  # noqa: E402
 
 from hf_gru_attn.evaluation import compute_translation_metrics  # noqa: E402
 from hf_gru_attn.translation import (  # noqa: E402
-    DTYPES,
     DecodingArguments,
     check_output_path,
     load_translation_model,
@@ -62,7 +61,9 @@ def main():
                 f"{args.source_file!r} has {len(sources)} lines but {args.reference_file!r} has {len(references)}; "
                 "the files must be line-aligned (one reference per source sentence)."
             )
-        model, tokenizer = load_translation_model(args.model, dtype=DTYPES[decoding.dtype])
+        model, tokenizer = load_translation_model(
+            args.model, dtype=decoding.dtype, decoding_rows=decoding.batch_size * (decoding.num_beams or 1)
+        )
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
 
