@@ -23,6 +23,13 @@ logger = logging.get_logger(__name__)
 # MKL's packed float32 GEMM (x86 builds of torch): `_vocabulary_logits` uses it at decoding steps.
 _HAS_MKL_PACKED_GEMM = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
 
+
+def _packed_gemm_usable() -> bool:
+    """MKL's packed GEMM is available and the code runs eagerly (a packed weight copy cannot be traced or exported)."""
+    return _HAS_MKL_PACKED_GEMM and not (
+        torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+    )
+
 # generate() defaults shipped with every model (save_pretrained writes them to generation_config.json; from_pretrained
 # reads that file back instead). `max_length` counts the decoder start token; users override any of them per call
 # (a per-call `max_new_tokens` replaces the shipped `max_length`, see `GruAttnForConditionalGeneration.generate`).
@@ -756,7 +763,8 @@ class GruAttnForConditionalGeneration(GruAttnPreTrainedModel, GenerationMixin):
           (`cblas_sgemm_pack`/`compute`, as torch's inductor runs frozen float32 linears) on a copy of `W` packed
           for that many rows (1.07-1.4x faster than the layout below on AVX-512 at 32-64 rows); the copy is made on
           the first step of a row count and kept for the two latest row counts and the current weights (see
-          [`_packed_output_weight`]);
+          [`_packed_output_weight`]); not while tracing or exporting (`torch.jit`, `torch.compile`, `torch.export`,
+          `torch.onnx`), which get the layout below;
         - otherwise `(W features^T + b)^T`: MKL splits that layout better over threads (1.2-1.7x faster on 2 AVX2
           cores for 8-320 rows, the same for thousands), and the result is a transposed view rather than a copy.
         """
@@ -764,9 +772,9 @@ class GruAttnForConditionalGeneration(GruAttnPreTrainedModel, GenerationMixin):
             return self.lm_head(features)
         rows = features.reshape(-1, features.shape[-1])
         weight, bias = self.lm_head.weight, self.lm_head.bias
-        if features.shape[1] == 1 and weight.dtype == torch.float32 and bias is not None and _HAS_MKL_PACKED_GEMM:
+        if features.shape[1] == 1 and weight.dtype == torch.float32 and bias is not None and _packed_gemm_usable():
             packed = self._packed_output_weight(rows.shape[0])
-            logits = torch.ops.mkl._mkl_linear(rows, packed, weight, bias, rows.shape[0])
+            logits = torch.ops.mkl._mkl_linear(rows.contiguous(), packed, weight, bias, rows.shape[0])
         else:
             logits = (torch.mm(weight, rows.t()) if bias is None else torch.addmm(bias.unsqueeze(1), weight, rows.t()))
             logits = logits.t()

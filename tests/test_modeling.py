@@ -187,6 +187,25 @@ def test_packed_output_layer_of_a_decoding_step_follows_the_current_weights(tie)
     for rows in (2, 1, 3):  # the two latest row counts are kept
         check(rows)
     assert [key[0] for key in model._packed_output_weights] == [1, 3]
+    # traced and exported graphs take the plain layout (a packed copy is no graph input)
+    features = torch.randn(2, 1, model.lm_head.in_features, generator=generator)
+    with torch.no_grad():
+        traced = torch.jit.trace(OutputLayer(model), (features,))
+        exported = torch.export.export(OutputLayer(model), (features,))
+    for graph in (traced.graph, exported.graph):
+        assert "mkl" not in str(graph) and "addmm" in str(graph)
+    torch.testing.assert_close(traced(features), model.lm_head(features).detach(), rtol=0, atol=ATOL)
+
+
+class OutputLayer(nn.Module):
+    """`model._vocabulary_logits` as a module, for `torch.export`."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, features):
+        return self.model._vocabulary_logits(features)
 
 
 # --------------------------------------------------------------------------------------------------------------------
