@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Translate a test set with a saved hf_gru_attn model and print corpus sacreBLEU and chrF as JSON on stdout.
 
-The JSON holds `bleu`, `chrf` (0..100), their sacreBLEU signatures (`bleu_signature`, `chrf_signature`) and
-`num_sentences`. The scores are corpus-level and computed on detokenised text (Post 2018, "A Call for Clarity in
-Reporting BLEU Scores"); report them together with the signatures.
+The JSON holds `bleu`, `chrf` (0..100), their sacreBLEU signatures (`bleu_signature`, `chrf_signature`),
+`num_sentences` and the `dtype` the model decoded in (what `--dtype auto` chose). The scores are corpus-level and
+computed on detokenised text (Post 2018, "A Call for Clarity in Reporting BLEU Scores"); report them together with
+the signatures.
 
 Example:
     python scripts/evaluate.py --model out/model --source_file test.de --reference_file test.en \
@@ -72,7 +73,8 @@ def main():
     )
     if args.output_file is not None:
         write_lines(hypotheses, args.output_file)
-    results = {**compute_translation_metrics(hypotheses, references), "num_sentences": len(hypotheses)}
+    results = {**compute_translation_metrics(hypotheses, references), "num_sentences": len(hypotheses),
+               "dtype": str(model.dtype).removeprefix("torch.")}
     print(json.dumps(results, indent=2))
 
 

@@ -158,10 +158,11 @@ def test_evaluate_script_reports_sacrebleu_of_its_hypotheses(model_dir, loaded, 
     )  # fmt: skip
     assert result.returncode == 0, result.stderr.decode()
     report = json.loads(result.stdout)
-    assert set(report) == {"bleu", "chrf", "bleu_signature", "chrf_signature", "num_sentences"}
+    assert set(report) == {"bleu", "chrf", "bleu_signature", "chrf_signature", "num_sentences", "dtype"}
     hypotheses = read_lines(hypotheses_file)
     refs = read_lines(references)
     assert report["num_sentences"] == len(hypotheses) == len(SOURCES)
+    assert report["dtype"] == "float32"
     assert hypotheses == one_by_one(*loaded, SOURCES, **GENERATE_KWARGS)
     assert report["bleu"] == sacrebleu.corpus_bleu(hypotheses, [refs]).score
     assert report["chrf"] == sacrebleu.corpus_chrf(hypotheses, [refs]).score
