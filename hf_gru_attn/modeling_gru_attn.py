@@ -772,7 +772,7 @@ class GruAttnForConditionalGeneration(GruAttnPreTrainedModel, GenerationMixin):
             return self.lm_head(features)
         rows = features.reshape(-1, features.shape[-1])
         weight, bias = self.lm_head.weight, self.lm_head.bias
-        if features.shape[1] == 1 and weight.dtype == torch.float32 and bias is not None and _packed_gemm_usable():
+        if _packed_gemm_usable() and features.shape[1] == 1 and weight.dtype == torch.float32 and bias is not None:
             packed = self._packed_output_weight(rows.shape[0])
             logits = torch.ops.mkl._mkl_linear(rows.contiguous(), packed, weight, bias, rows.shape[0])
         else:

@@ -162,6 +162,7 @@ def test_decoding_layout_of_the_output_layer_gives_the_training_logits(tie, bias
 
 @pytest.mark.skipif(not modeling_gru_attn._HAS_MKL_PACKED_GEMM, reason="this torch build has no MKL packed GEMM")
 @pytest.mark.parametrize("tie", [False, True])
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # torch.jit.trace
 def test_packed_output_layer_of_a_decoding_step_follows_the_current_weights(tie):
     # A decoding step (one target position, no autograd, float32) multiplies by an MKL-packed copy of lm_head.weight;
     # the copy must never outlive the weights it was packed from.
