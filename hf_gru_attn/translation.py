@@ -19,10 +19,12 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging
 
+from .decoding_dtype import choose_decoding_dtype
+
 
 logger = logging.get_logger(__name__)
 
-# `--dtype` names and the torch dtypes they load the model in.
+# `--dtype` names and the torch dtypes they load the model in; `--dtype auto` is resolved by `choose_decoding_dtype`.
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # Characters that `str.splitlines` and many readers treat as line breaks; `write_lines` turns them into spaces.
@@ -49,8 +51,9 @@ class DecodingArguments:
         default="float32",
         metadata={
             "help": "Weights and compute dtype: float32, bfloat16 or float16 (bfloat16 is fast only on CPUs and GPUs "
-            "with native bf16 matmuls).",
-            "choices": list(DTYPES),
+            "with native bf16 matmuls), or auto: bfloat16 where a step's matmuls measure faster in it than in "
+            "float32 on this machine (measured once, cached), else float32.",
+            "choices": [*DTYPES, "auto"],
         },
     )
 
@@ -59,8 +62,8 @@ class DecodingArguments:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name} must be at least 1, got {value}.")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}.")
+        if self.dtype not in (*DTYPES, "auto"):
+            raise ValueError(f"--dtype must be one of {[*DTYPES, 'auto']}, got {self.dtype!r}.")
 
     def generate_kwargs(self) -> dict[str, int]:
         """Keyword arguments for `model.generate`: the options that were set; the model's defaults cover the rest."""
@@ -215,7 +218,10 @@ def write_lines(lines: Sequence[str], path=None) -> None:
 
 
 def load_translation_model(
-    model_dir: str | os.PathLike, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32
+    model_dir: str | os.PathLike,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str = torch.float32,
+    decoding_rows: int = 32,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """
     Load a saved model and its tokenizer with the Auto classes, in eval mode.
@@ -224,8 +230,11 @@ def load_translation_model(
         model_dir (`str` or `os.PathLike`): folder written by `model.save_pretrained` and `tokenizer.save_pretrained`
             (e.g. by `scripts/train.py`).
         device (`str` or `torch.device`, *optional*): where to put the model; default CUDA when available, else CPU.
-        dtype (`torch.dtype`, *optional*, defaults to `torch.float32`): dtype of the weights, and so of `generate()`'s
-            computation (`from_pretrained(..., dtype=...)`).
+        dtype (`torch.dtype` or `str`, *optional*, defaults to `torch.float32`): dtype of the weights, and so of
+            `generate()`'s computation (`from_pretrained(..., dtype=...)`): a `torch.dtype`, a name in `DTYPES`, or
+            `"auto"` for [`~hf_gru_attn.decoding_dtype.choose_decoding_dtype`]'s measured choice on `device`.
+        decoding_rows (`int`, *optional*, defaults to 32): decoder rows per `generate()` step (batch size x beams),
+            the shapes `"auto"` measures at.
 
     Returns:
         `tuple[PreTrainedModel, PreTrainedTokenizerBase]`: `(model, tokenizer)`.
@@ -250,8 +259,14 @@ def load_translation_model(
             raise FileNotFoundError(f"{str(path)!r} has no {required}; save it there with `{hint}({str(path)!r})`.")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if isinstance(dtype, str) and dtype != "auto":
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be a torch.dtype or one of {[*DTYPES, 'auto']}, got {dtype!r}.")
+        dtype = DTYPES[dtype]
     try:
-        model, loading_info = AutoModelForSeq2SeqLM.from_pretrained(path, output_loading_info=True, dtype=dtype)
+        model, loading_info = AutoModelForSeq2SeqLM.from_pretrained(
+            path, output_loading_info=True, dtype=torch.float32 if dtype == "auto" else dtype
+        )
     except (SafetensorError, RuntimeError, OSError) as err:  # truncated/garbled file, shape mismatch, unreadable
         raise ValueError(
             f"Cannot load the model weights in {str(path)!r}: {err}. The weights file is damaged or incomplete (for "
@@ -264,7 +279,9 @@ def load_translation_model(
         )
     tokenizer = AutoTokenizer.from_pretrained(path)
     check_tokenizer_matches_model(tokenizer, model.config, str(path))
-    return model.to(device).eval(), tokenizer
+    if dtype == "auto":
+        dtype = choose_decoding_dtype(model.config, device, rows=decoding_rows)
+    return model.to(device, dtype).eval(), tokenizer
 
 
 def check_tokenizer_matches_model(tokenizer: PreTrainedTokenizerBase, config, where: str) -> None:

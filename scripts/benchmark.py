@@ -21,6 +21,8 @@ its threads are scheduled, which other processes' load delays. Sections:
 - generation: sentences/s of the seed's greedy loop against `generate()` greedy and beam search, with fp32 models
   and with models in bf16 (ours loaded by `from_pretrained(..., dtype=torch.bfloat16)`). The EOS logit is pushed
   down so that every sentence runs the full `--target_length` steps, as the seed's loop does;
+- greedy batches: the seed's greedy loop against our greedy `generate()` (seed converter's architecture) at each of
+  `--greedy_batch_sizes`, fp32 (and ours in bf16, `from_pretrained(..., dtype=torch.bfloat16)`, when `--bf16`);
 - decode scaling: greedy time per sentence for each of `--decode_source_lengths` (fixed output length), which grows
   linearly with the source length when nothing per step is quadratic; the slope columns should agree;
 - peak memory: the highest sum of live tensor allocations during one training step, greedy or beam decode, above
@@ -52,12 +54,14 @@ from transformers import HfArgumentParser
 from transformers.utils import logging as hf_logging
 
 from hf_gru_attn import GruAttnConfig, GruAttnForConditionalGeneration
+from hf_gru_attn.decoding_dtype import cpu_isa
 
 
 BOS, EOS = 1, 2
 QUICK_SIZES = {
     "vocab_size": 200, "embedding_size": 16, "hidden_size": 32, "batch_size": 4, "target_length": 5,
     "source_length": 6, "decode_source_lengths": [4, 8, 16], "matmul_size": 128, "warmup": 1, "repeats": 5,
+    "greedy_batch_sizes": [2, 4],
     "loss_check_steps": 10,
 }
 
@@ -75,6 +79,9 @@ class BenchmarkArguments:
     num_beams: int = field(default=5, metadata={"help": "Beam size of the beam-search rows."})
     decode_source_lengths: list[int] = field(
         default_factory=lambda: [10, 50, 200], metadata={"help": "Source lengths of the decode-scaling section."}
+    )
+    greedy_batch_sizes: list[int] = field(
+        default_factory=lambda: [32, 64], metadata={"help": "Batch sizes of the greedy-batches section."}
     )
     matmul_size: int = field(default=2048, metadata={"help": "Side of the square matmul that gives the peak."})
     warmup: int = field(default=1, metadata={"help": "Untimed runs of every contender before timing."})
@@ -98,12 +105,20 @@ class BenchmarkArguments:
                 setattr(self, name, value)
         if self.repeats < 5:
             raise ValueError(f"--repeats must be at least 5 (medians of >= 5 runs), got {self.repeats}.")
+        if not self.greedy_batch_sizes or min(self.greedy_batch_sizes) < 1:
+            raise ValueError(f"--greedy_batch_sizes must be positive, got {self.greedy_batch_sizes}.")
         for name in ("vocab_size", "embedding_size", "hidden_size", "batch_size", "target_length", "source_length",
                      "num_beams", "matmul_size", "loss_check_steps", "loss_check_width_divisor"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}.")
         if self.vocab_size // self.loss_check_width_divisor <= EOS + 1:
             raise ValueError("--loss_check_width_divisor leaves no room for ordinary tokens in the vocabulary.")
+
+
+def describe_isa() -> str:
+    """The CPU's matrix instruction set for the header, e.g. "AMX (Intel(R) Xeon(R) ..., from /proc/cpuinfo)"."""
+    isa = cpu_isa()
+    return f"{isa['isa']} ({isa['cpu']}; from {isa['source']}, torch cpu capability {isa['torch_cpu_capability']})"
 
 
 def load_seed_module():
@@ -410,6 +425,35 @@ def bench_generation(args, report, seed_module, dtype: torch.dtype, configs: dic
     return seed, models, source
 
 
+def bench_greedy_batches(args, report, seed_module, config: GruAttnConfig):
+    """Sentences/s of the seed's greedy loop and of our greedy generate() at each batch size, interleaved."""
+    torch.manual_seed(args.seed)
+    seed = seed_module.Seq2Seq(args.vocab_size, args.embedding_size, args.hidden_size).eval()
+    model = GruAttnForConditionalGeneration(config).eval()
+    never_emit_eos(model)
+    models = {"ours greedy": model}
+    if args.bf16:
+        with tempfile.TemporaryDirectory() as folder:
+            model.save_pretrained(folder)
+            models["ours greedy bf16"] = GruAttnForConditionalGeneration.from_pretrained(folder, dtype=torch.bfloat16)
+    generator = torch.Generator().manual_seed(args.seed)
+    contenders = {}
+    for batch_size in args.greedy_batch_sizes:
+        source = random_tokens(generator, args.vocab_size, batch_size, args.source_length)
+        contenders[f"seed greedy loop B={batch_size}"] = seed_greedy_runner(seed, source, args.target_length)
+        for name, each in models.items():
+            contenders[f"{name} B={batch_size}"] = generate_runner(each.eval(), source, args.target_length, 1)
+    seconds = interleaved_medians(contenders, args.warmup, args.repeats)
+    for batch_size in args.greedy_batch_sizes:
+        seed_seconds = seconds[f"seed greedy loop B={batch_size}"]
+        for name in ("seed greedy loop", *models):
+            value = seconds[f"{name} B={batch_size}"]
+            report.add("greedy_batches", f"{name} B={batch_size}", ms=value * 1e3,
+                       sentences_per_s=batch_size / value, vs_seed_loop=seed_seconds / value)
+        report.target(f"greedy fp32 batch {batch_size}: ours / seed loop fp32",
+                      seed_seconds / seconds[f"ours greedy B={batch_size}"], 1.4)
+
+
 def bench_decode_scaling(args, report, seed_module, config: GruAttnConfig):
     """Greedy decode time per sentence against the source length (fixed output length), interleaved."""
     torch.manual_seed(args.seed)
@@ -493,6 +537,9 @@ def format_table(header: dict, report: Report) -> str:
                 )
             elif "loss" in row:
                 lines.append(f"{name} loss {row['loss']:.4f}  diff {row['relative_difference_pct']:.3f}%")
+            elif "vs_seed_loop" in row:
+                lines.append(f"{name} {row['ms']:>10.1f} ms {row['sentences_per_s']:>10.1f} sentences/s      "
+                             f"x{row['vs_seed_loop']:5.2f} of the seed loop at this batch size")
             elif "ms_per_sentence" in row:
                 slope = row["us_per_sentence_per_extra_source_token"]
                 slope_text = "" if slope is None else f"  +{slope:7.2f} us/sentence per extra source token"
@@ -517,6 +564,7 @@ def main():
     header = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "torch": torch.__version__,
+        "isa": describe_isa(),
         "cpu capability": torch.backends.cpu.get_cpu_capability(),
         "native bf16 matmul (oneDNN)": torch.ops.mkldnn._is_mkldnn_bf16_supported(),
         "threads": torch.get_num_threads(),
@@ -536,6 +584,7 @@ def main():
     seed, models, source = bench_generation(args, report, seed_module, torch.float32, configs)
     if args.bf16:
         bench_generation(args, report, seed_module, torch.bfloat16, configs)
+    bench_greedy_batches(args, report, seed_module, configs["ours"])
     bench_decode_scaling(args, report, seed_module, configs["ours"])
     bench_memory(args, report, trainers, seed, models, source)
     check_targets(args, report)

@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Translate a test set with a saved hf_gru_attn model and print corpus sacreBLEU and chrF as JSON on stdout.
 
-The JSON holds `bleu`, `chrf` (0..100), their sacreBLEU signatures (`bleu_signature`, `chrf_signature`) and
-`num_sentences`. The scores are corpus-level and computed on detokenised text (Post 2018, "A Call for Clarity in
-Reporting BLEU Scores"); report them together with the signatures.
+The JSON holds `bleu`, `chrf` (0..100), their sacreBLEU signatures (`bleu_signature`, `chrf_signature`),
+`num_sentences` and the `dtype` the model decoded in (what `--dtype auto` chose). The scores are corpus-level and
+computed on detokenised text (Post 2018, "A Call for Clarity in Reporting BLEU Scores"); report them together with
+the signatures.
 
 Example:
     python scripts/evaluate.py --model out/model --source_file test.de --reference_file test.en \
@@ -25,7 +26,6 @@ from transformers import HfArgumentParser  # noqa: E402
 
 from hf_gru_attn.evaluation import compute_translation_metrics  # noqa: E402
 from hf_gru_attn.translation import (  # noqa: E402
-    DTYPES,
     DecodingArguments,
     check_output_path,
     load_translation_model,
@@ -62,7 +62,9 @@ def main():
                 f"{args.source_file!r} has {len(sources)} lines but {args.reference_file!r} has {len(references)}; "
                 "the files must be line-aligned (one reference per source sentence)."
             )
-        model, tokenizer = load_translation_model(args.model, dtype=DTYPES[decoding.dtype])
+        model, tokenizer = load_translation_model(
+            args.model, dtype=decoding.dtype, decoding_rows=decoding.batch_size * (decoding.num_beams or 1)
+        )
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
 
@@ -71,7 +73,8 @@ def main():
     )
     if args.output_file is not None:
         write_lines(hypotheses, args.output_file)
-    results = {**compute_translation_metrics(hypotheses, references), "num_sentences": len(hypotheses)}
+    results = {**compute_translation_metrics(hypotheses, references), "num_sentences": len(hypotheses),
+               "dtype": str(model.dtype).removeprefix("torch.")}
     print(json.dumps(results, indent=2))
 
 

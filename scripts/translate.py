@@ -21,7 +21,6 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
 from hf_gru_attn.translation import (
-    DTYPES,
     AttentionAlignment,
     DecodingArguments,
     attention_alignment,
@@ -88,7 +87,9 @@ def main():
                 raise FileNotFoundError(f"Input file {args.input_file!r} does not exist or is not a file.")
             with open(args.input_file, "rb") as source:  # check the whole file before writing anything
                 num_lines = sum(len(lines) for lines in iter_line_chunks(source, args.input_file))
-        model, tokenizer = load_translation_model(args.model, dtype=DTYPES[decoding.dtype])
+        model, tokenizer = load_translation_model(
+            args.model, dtype=decoding.dtype, decoding_rows=decoding.batch_size * (decoding.num_beams or 1)
+        )
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
 

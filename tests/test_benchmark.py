@@ -18,11 +18,15 @@ EXPECTED_ROWS = {
     "bf16_loss": ["fp32", "bf16_autocast"],
     "generate_fp32": ["matmul peak: fp32 mm 128^2", *GENERATE],
     "generate_bf16": ["matmul peak: bf16 linear 128^2", *GENERATE],
+    "greedy_batches": [f"{name} B={batch_size}" for batch_size in (2, 4)
+                       for name in ("seed greedy loop", "ours greedy", "ours greedy bf16")],
     "decode_scaling": [f"{who} S={length}" for who in ("ours", "seed") for length in (4, 8, 16)],
     "peak_memory": [f"train step: {name}" for name in ("seed", *MODELS)]
     + ["greedy: seed loop"]
     + [f"{mode}: {model}" for model in MODELS for mode in ("greedy", "beam5")],
 }
+# what torch.backends.cpu.get_cpu_capability() says where /proc/cpuinfo has no x86 flags (macOS, ARM)
+ISA_FROM_TORCH = ("DEFAULT", "NEON", "SVE128", "SVE256", "SVE512", "VSX", "ZVECTOR", "AVX2", "AVX512")
 EXPECTED_TARGETS = [
     "bf16 autocast loss vs fp32 after the loss-check steps (%)",
     "train fp32: ours / seed",
@@ -33,6 +37,7 @@ EXPECTED_TARGETS = [
     "greedy bf16: ours / seed loop fp32",
     "ours beam5 bf16 / ours greedy bf16",
 ]
+EXPECTED_TARGETS[1:1] = [f"greedy fp32 batch {batch_size}: ours / seed loop fp32" for batch_size in (2, 4)]
 
 
 def run_quick_benchmark(*flags: str, timeout: int = 120) -> dict:
@@ -59,6 +64,7 @@ def test_quick_benchmark_reports_every_row():
     assert [target["name"] for target in report["targets"]] == EXPECTED_TARGETS
     assert all(isinstance(target["met"], bool) for target in report["targets"])
     assert report["header"]["threads"] == 1
+    assert report["header"]["isa"].split(" ")[0] in ("AMX", "AVX512-BF16", "AVX-512", "AVX2", *ISA_FROM_TORCH)
 
 
 @pytest.mark.slow

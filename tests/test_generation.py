@@ -14,6 +14,8 @@ decoder start, EOS included, and neither the decoder start nor the source (encod
 with EOS when `pad_token_id == 0`, so hypotheses are read up to their first EOS, never by stripping pad.
 """
 
+import json
+import logging as logging_module
 import math
 
 import pytest
@@ -36,15 +38,6 @@ WORDS = [
     "the", "a", "cat", "dog", "sat", "ran", "on", "mat", "big", "small",
     "red", "blue", "house", "tree", "and", "or", "fast", "slow", "up", "down",
 ]
-
-
-@pytest.fixture(autouse=True)
-def _quiet_transformers():
-    """Hide transformers' per-call notice that `max_new_tokens` overrides the shipped `max_length` default."""
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity_error()
-    yield
-    logging.set_verbosity(verbosity)
 
 
 def make_model(seed: int = 0, eos_bias: float = 0.0, **overrides) -> GruAttnForConditionalGeneration:
@@ -621,6 +614,51 @@ def test_generation_config_defaults_ship_and_reload(model, batch, tmp_path):
     greedy = reloaded.generate(input_ids, attention_mask=attention_mask, num_beams=1, max_new_tokens=9)
     assert torch.equal(greedy, greedy_reference(model, input_ids, attention_mask, max_new_tokens=9))
     assert reloaded.generation_config.num_beams == 5 and reloaded.generation_config.max_length == 128
+
+
+class _Records(logging_module.Handler):
+    """Keeps the messages of the log records it receives."""
+
+    def __init__(self):
+        super().__init__(logging_module.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def transformers_warnings():
+    """The messages of the warnings transformers logs during the test (its root logger does not propagate)."""
+    handler = _Records()
+    root = logging.get_logger("transformers")
+    root.addHandler(handler)
+    yield handler.messages
+    root.removeHandler(handler)
+
+
+def test_max_new_tokens_replaces_the_shipped_max_length_silently(batch, tmp_path, transformers_warnings):
+    input_ids, attention_mask = batch
+    make_model(eos_bias=-1e4).save_pretrained(tmp_path)  # never emits EOS: every row runs to the length limit
+    saved = json.loads((tmp_path / "generation_config.json").read_text())
+    assert saved["max_length"] == 128  # as models saved before this change hold it
+    model = GruAttnForConditionalGeneration.from_pretrained(tmp_path).eval()
+    reference = greedy_reference(model, input_ids, attention_mask, max_new_tokens=9)
+    for kwargs in ({}, {"num_beams": 1}, {"num_beams": 3}):
+        out = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=9, **kwargs)
+        assert out.shape == (len(SOURCES), 1 + 9)
+        if kwargs.get("num_beams") == 1:
+            assert torch.equal(out, reference)
+    assert not [message for message in transformers_warnings if "max_length" in message]
+    # an explicit max_length is obeyed, alone or (with transformers' notice) beside max_new_tokens, which wins
+    assert torch.equal(model.generate(input_ids, attention_mask=attention_mask, num_beams=1, max_length=6),
+                       reference[:, :6])
+    both = model.generate(input_ids, attention_mask=attention_mask, num_beams=1, max_length=6, max_new_tokens=9)
+    assert torch.equal(both, reference)
+    assert [message for message in transformers_warnings if "Both `max_new_tokens`" in message]
+    # without either, the shipped max_length=128 (decoder start token included) applies, and it stays stored
+    assert model.generate(input_ids[:1], attention_mask=attention_mask[:1], num_beams=1).shape == (1, 128)
+    assert model.generation_config.max_length == 128
 
 
 def test_saved_generation_settings_win_over_the_built_in_defaults(tmp_path):

@@ -14,7 +14,7 @@ from torch import nn
 from transformers import AutoModelForSeq2SeqLM, Seq2SeqTrainer, Seq2SeqTrainingArguments
 from transformers.utils import logging as hf_logging
 
-from hf_gru_attn import GruAttnConfig, GruAttnForConditionalGeneration
+from hf_gru_attn import GruAttnConfig, GruAttnForConditionalGeneration, modeling_gru_attn
 
 
 PAD, BOS, EOS = 0, 1, 2
@@ -158,6 +158,55 @@ def test_decoding_layout_of_the_output_layer_gives_the_training_logits(tie, bias
     training = model(**inputs).logits
     assert training.requires_grad and decoding.shape == training.shape == (2, 3, VOCAB)
     torch.testing.assert_close(decoding, training.detach(), rtol=0, atol=ATOL)
+
+
+@pytest.mark.skipif(not modeling_gru_attn._HAS_MKL_PACKED_GEMM, reason="this torch build has no MKL packed GEMM")
+@pytest.mark.parametrize("tie", [False, True])
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # torch.jit.trace
+def test_packed_output_layer_of_a_decoding_step_follows_the_current_weights(tie):
+    # A decoding step (one target position, no autograd, float32) multiplies by an MKL-packed copy of lm_head.weight;
+    # the copy must never outlive the weights it was packed from.
+    model = make_model(seed=5, tie_word_embeddings=tie)
+    generator = torch.Generator().manual_seed(6)
+    input_ids, attention_mask = pad_batch([random_ids(length, generator) for length in (5, 2, 4)])
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
+              "decoder_input_ids": torch.stack([random_ids(1, generator) for _ in range(3)])}
+
+    def check(rows):
+        with torch.no_grad():
+            decoding = model(**{name: value[:rows] for name, value in inputs.items()}).logits
+        training = model(**{name: value[:rows] for name, value in inputs.items()}).logits.detach()
+        torch.testing.assert_close(decoding, training, rtol=0, atol=ATOL)
+
+    check(3)
+    assert [key[0] for key in model._packed_output_weights] == [3]
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-0.5)  # in place: the version counter moves
+    check(3)
+    model.load_state_dict(make_model(seed=7, tie_word_embeddings=tie).state_dict())
+    check(3)
+    for rows in (2, 1, 3):  # the two latest row counts are kept
+        check(rows)
+    assert [key[0] for key in model._packed_output_weights] == [1, 3]
+    # traced and exported graphs take the plain layout (a packed copy is no graph input)
+    features = torch.randn(2, 1, model.lm_head.in_features, generator=generator)
+    with torch.no_grad():
+        traced = torch.jit.trace(OutputLayer(model), (features,))
+        exported = torch.export.export(OutputLayer(model), (features,))
+    for graph in (traced.graph, exported.graph):
+        assert "mkl" not in str(graph) and "addmm" in str(graph)
+    torch.testing.assert_close(traced(features), model.lm_head(features).detach(), rtol=0, atol=ATOL)
+
+
+class OutputLayer(nn.Module):
+    """`model._vocabulary_logits` as a module, for `torch.export`."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, features):
+        return self.model._vocabulary_logits(features)
 
 
 # --------------------------------------------------------------------------------------------------------------------

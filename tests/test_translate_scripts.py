@@ -6,6 +6,7 @@ still maps different inputs to different outputs, so any mix-up of the length so
 changed line.
 """
 
+import functools
 import io
 import json
 import os
@@ -21,6 +22,7 @@ import torch
 
 import hf_gru_attn
 from hf_gru_attn import GruAttnConfig, GruAttnForConditionalGeneration
+from hf_gru_attn.decoding_dtype import choose_decoding_dtype, decoding_step_shapes
 from hf_gru_attn.tokenization import train_tokenizer
 from hf_gru_attn.translation import (
     attention_alignment,
@@ -156,10 +158,11 @@ def test_evaluate_script_reports_sacrebleu_of_its_hypotheses(model_dir, loaded, 
     )  # fmt: skip
     assert result.returncode == 0, result.stderr.decode()
     report = json.loads(result.stdout)
-    assert set(report) == {"bleu", "chrf", "bleu_signature", "chrf_signature", "num_sentences"}
+    assert set(report) == {"bleu", "chrf", "bleu_signature", "chrf_signature", "num_sentences", "dtype"}
     hypotheses = read_lines(hypotheses_file)
     refs = read_lines(references)
     assert report["num_sentences"] == len(hypotheses) == len(SOURCES)
+    assert report["dtype"] == "float32"
     assert hypotheses == one_by_one(*loaded, SOURCES, **GENERATE_KWARGS)
     assert report["bleu"] == sacrebleu.corpus_bleu(hypotheses, [refs]).score
     assert report["chrf"] == sacrebleu.corpus_chrf(hypotheses, [refs]).score
@@ -185,6 +188,38 @@ def test_translate_script_runs_in_bfloat16(monkeypatch, capsysbinary, model_dir,
     stdout = capsysbinary.readouterr().out.decode("utf-8")
     assert [m.dtype for m, _ in used] == [torch.bfloat16]
     assert stdout.split("\n") == [*one_by_one(cast, tokenizer, SOURCES, **GENERATE_KWARGS), ""]
+
+
+@pytest.mark.parametrize(("bfloat16_ms", "expected"), [(1.0, torch.bfloat16), (70.0, torch.float32)])
+def test_translate_script_dtype_auto_loads_the_measured_dtype(
+    monkeypatch, capsysbinary, tmp_path, model_dir, loaded, bfloat16_ms, expected
+):
+    model, tokenizer = loaded
+    measured = []
+
+    def measure(shapes, device):
+        measured.append(shapes)
+        return {"float32_ms": 10.0, "bfloat16_ms": bfloat16_ms}
+
+    choose = functools.partial(choose_decoding_dtype, cache_file=tmp_path / "dtype.json", measure=measure)
+    monkeypatch.setattr(hf_gru_attn.translation, "choose_decoding_dtype", choose)
+    used = []
+
+    def spy(*args, **kwargs):
+        used.append(load_translation_model(*args, **kwargs))
+        return used[-1]
+
+    monkeypatch.setattr(hf_gru_attn.translation, "load_translation_model", spy, raising=True)
+    for _ in range(2):
+        run_main_in_process(
+            monkeypatch, "translate.py", "--model", model_dir, "--dtype", "auto", "--max_new_tokens", 6,
+            "--batch_size", 4, "--num_beams", 2, stdin="\n".join(SOURCES).encode("utf-8"),
+        )  # fmt: skip
+    assert [m.dtype for m, _ in used] == [expected, expected]
+    assert measured == [decoding_step_shapes(model.config, 4 * 2)]  # measured once, at batch x beams rows
+    stdout = capsysbinary.readouterr().out.decode("utf-8")
+    cast = GruAttnForConditionalGeneration.from_pretrained(model_dir).to(expected).eval()
+    assert stdout.split("\n") == 2 * one_by_one(cast, tokenizer, SOURCES, max_new_tokens=6, num_beams=2) + [""]
 
 
 def run_main_in_process(monkeypatch, script, *args, stdin=b""):
