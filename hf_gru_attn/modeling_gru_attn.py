@@ -639,7 +639,7 @@ class GruAttnModel(GruAttnPreTrainedModel):
             real = attention_mask.bool()
         if self.config.max_source_positions is not None:
             # The encoder kept only each row's first max_source_positions real tokens: the rest get no attention.
-            real = real & (real.cumsum(dim=1) <= self.config.max_source_positions)
+            real = real & (real.long().cumsum(dim=1) <= self.config.max_source_positions)
         padding_mask = ~real
 
         features, new_cache, decoder_outputs, attentions = self.decoder(
