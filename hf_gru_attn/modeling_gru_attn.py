@@ -719,9 +719,10 @@ class GruAttnForConditionalGeneration(GruAttnPreTrainedModel, GenerationMixin):
         `lm_head(features)` for `features` `(batch_size, target_length, readout_size)`. Without autograd on a CPU
         (decoding), the same product is taken as `(W features^T + b)^T`: with few rows, as at every `generate()`
         step, MKL splits that layout better over threads (1.2-1.7x faster on 2 cores for 8-320 rows, the same for
-        thousands) and the result is a transposed view rather than a copy.
+        thousands) and the result is a transposed view rather than a copy. A traced graph (ONNX export) keeps
+        `lm_head`'s layout, for which ONNX Runtime prepacks the weight (1.35x faster than the other at 160-320 rows).
         """
-        if torch.is_grad_enabled() or features.device.type != "cpu":
+        if torch.is_grad_enabled() or features.device.type != "cpu" or torch.jit.is_tracing():
             return self.lm_head(features)
         rows = features.reshape(-1, features.shape[-1]).t()
         weight, bias = self.lm_head.weight, self.lm_head.bias

@@ -1,5 +1,6 @@
 """scripts/benchmark.py at tiny sizes: it runs in a subprocess and reports every row. Timings are not asserted."""
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -23,6 +24,12 @@ EXPECTED_ROWS = {
     + ["greedy: seed loop"]
     + [f"{mode}: {model}" for model in MODELS for mode in ("greedy", "beam5")],
 }
+HAS_ONNX_RUNTIME = all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
+if HAS_ONNX_RUNTIME:
+    for batch_size in (2, 4):
+        EXPECTED_ROWS[f"onnx_runtime_batch{batch_size}"] = ["matmul peak: fp32 mm 128^2"] + [
+            f"{who} {mode}" for mode in ("greedy", "beam5") for who in ("eager", "onnx runtime")
+        ]
 EXPECTED_TARGETS = [
     "bf16 autocast loss vs fp32 after the loss-check steps (%)",
     "train fp32: ours / seed",
@@ -32,7 +39,7 @@ EXPECTED_TARGETS = [
     "train bf16 autocast: ours / seed fp32",
     "greedy bf16: ours / seed loop fp32",
     "ours beam5 bf16 / ours greedy bf16",
-]
+] + ([f"onnx runtime greedy / eager greedy, batch {batch_size}" for batch_size in (2, 4)] if HAS_ONNX_RUNTIME else [])
 
 
 def run_quick_benchmark(*flags: str, timeout: int = 120) -> dict:

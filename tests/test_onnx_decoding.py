@@ -12,9 +12,11 @@ import itertools
 import runpy
 import shutil
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
+from transformers import GenerationMixin
 from transformers.utils import logging
 
 from hf_gru_attn import GruAttnConfig, GruAttnForConditionalGeneration
@@ -105,13 +107,27 @@ def test_greedy_tokens_equal_pytorch(exported, batches):
     model, onnx_model, _ = exported
     outputs = []
     for batch in batches:
-        expected, got = generate_both(model, onnx_model, batch, num_beams=1, max_new_tokens=MAX_NEW_TOKENS)
+        with mock.patch.object(onnx_model, "greedy_search", wraps=onnx_model.greedy_search) as greedy_search:
+            expected, got = generate_both(model, onnx_model, batch, num_beams=1, max_new_tokens=MAX_NEW_TOKENS)
+        assert greedy_search.call_count == 1
+        assert torch.equal(got, expected)
+        # The plain greedy loop and transformers' own, which the ONNX model runs for any other setting.
+        with torch.no_grad():
+            got = GenerationMixin.generate(onnx_model, **batch, num_beams=1, max_new_tokens=MAX_NEW_TOKENS)
         assert torch.equal(got, expected)
         outputs.extend(expected.tolist())
     # Not a trivial output: distinct sentences, some ended by EOS, some cut by the length limit.
     assert len({tuple(row) for row in outputs}) >= 5
     ended = [EOS in row for row in outputs]
     assert any(ended) and not all(ended)
+
+
+def test_greedy_with_a_logits_processor_equals_pytorch(exported, batches):
+    model, onnx_model, _ = exported
+    for batch in batches:
+        expected, got = generate_both(model, onnx_model, batch, num_beams=1, max_new_tokens=MAX_NEW_TOKENS,
+                                      no_repeat_ngram_size=2)
+        assert torch.equal(got, expected)
 
 
 @pytest.mark.parametrize(
