@@ -5,8 +5,8 @@ run the two ONNX Runtime sessions, and the search, beam search with the model's 
 early stopping, max length, EOS and padding) or any other, is transformers' `GenerationMixin.generate`, the same code
 that decodes the PyTorch model (the approach of Optimum's `ORTModelForSeq2SeqLM`). Plain greedy search, the argmax
 loop that transformers runs when no logits processor or other option is set, runs in a loop of its own on NumPy
-arrays, without transformers' per-step work (1.2x faster at batch 32-64 in `scripts/benchmark.py`). Tokens equal the
-PyTorch model's up to the rounding differences of the two runtimes' kernels.
+arrays, without transformers' per-step work (1.2x faster at batch 32-64, seed sizes, one AVX-512 core). Tokens equal
+the PyTorch model's up to the rounding differences of the two runtimes' kernels.
 
 Needs `onnxruntime` (`pip install "hf_gru_attn[onnx]"`).
 """

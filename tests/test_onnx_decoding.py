@@ -16,7 +16,7 @@ from unittest import mock
 
 import pytest
 import torch
-from transformers import GenerationMixin
+from transformers import GenerationConfig, GenerationMixin
 from transformers.utils import logging
 
 from hf_gru_attn import GruAttnConfig, GruAttnForConditionalGeneration
@@ -120,6 +120,18 @@ def test_greedy_tokens_equal_pytorch(exported, batches):
     assert len({tuple(row) for row in outputs}) >= 5
     ended = [EOS in row for row in outputs]
     assert any(ended) and not all(ended)
+
+
+def test_greedy_loop_runs_with_the_defaults_written_out(default_export, batches):
+    # A generation_config.json saved by the Trainer spells out transformers' defaults (repetition_penalty=1.0, ...).
+    model, onnx_dir = default_export
+    onnx_model = GruAttnOnnxForConditionalGeneration.from_pretrained(onnx_dir)
+    defaults = GenerationConfig._get_default_generation_params()
+    settings = GenerationConfig(**{**defaults, **model.generation_config.to_diff_dict()})
+    with mock.patch.object(onnx_model, "greedy_search", wraps=onnx_model.greedy_search) as greedy_search:
+        expected, got = generate_both(model, onnx_model, batches[0], generation_config=settings, num_beams=1)
+    assert greedy_search.call_count == 1
+    assert torch.equal(got, expected)
 
 
 def test_greedy_with_a_logits_processor_equals_pytorch(exported, batches):
