@@ -121,9 +121,10 @@ class GruAttnOnnxEncoder(nn.Module):
 class GruAttnOnnxForConditionalGeneration(GruAttnPreTrainedModel, GenerationMixin):
     """
     A [`GruAttnForConditionalGeneration`] exported to ONNX (`scripts/export_onnx.py`), decoded on ONNX Runtime's
-    CPU provider with `generate()` (greedy, beam search, sampling; not `output_attentions`/`output_hidden_states`).
-    Load it with [`~GruAttnOnnxForConditionalGeneration.from_pretrained`]; it works with
-    `hf_gru_attn.translation.translate`.
+    CPU provider with `generate()`: greedy and beam search give the PyTorch model's tokens; sampling and the logits
+    processors run too; `output_attentions`/`output_hidden_states` are refused. Load it with
+    [`~GruAttnOnnxForConditionalGeneration.from_pretrained`]; it works with `hf_gru_attn.translation.translate`.
+    It holds no weights: `save_pretrained` is refused (copy the folder instead).
 
     Example:
 
@@ -213,6 +214,13 @@ class GruAttnOnnxForConditionalGeneration(GruAttnPreTrainedModel, GenerationMixi
 
     def get_encoder(self, modality: str | None = None) -> GruAttnOnnxEncoder:
         return self.encoder
+
+    def save_pretrained(self, *args, **kwargs):
+        """Refused: the model's weights are in its ONNX graphs, which `save_pretrained` would not write."""
+        raise NotImplementedError(
+            "An ONNX Runtime model is not saved with save_pretrained (its weights are in the .onnx files): copy its "
+            "folder, or export the PyTorch model again with scripts/export_onnx.py."
+        )
 
     def generate(self, input_ids: torch.LongTensor | None = None, generation_config=None, **kwargs):
         """

@@ -238,6 +238,13 @@ def test_bad_decoding_input_is_a_clear_error(default_export, batches):
                    attention_mask=batch["attention_mask"])
 
 
+def test_save_pretrained_is_refused(default_export, tmp_path):
+    _, onnx_dir = default_export
+    with pytest.raises(NotImplementedError, match="copy its folder"):
+        GruAttnOnnxForConditionalGeneration.from_pretrained(onnx_dir).save_pretrained(tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
 def test_export_refuses_a_bfloat16_model(default_export, tmp_path):
     model, _ = default_export
     with pytest.raises(ValueError, match="float32"):
