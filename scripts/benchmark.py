@@ -26,9 +26,9 @@ its threads are scheduled, which other processes' load delays. Sections:
 - peak memory: the highest sum of live tensor allocations during one training step, greedy or beam decode, above
   what was allocated before it (parameters, optimizer state), from the PyTorch profiler's allocation events;
 - ONNX Runtime: sentences/s of our model in the seed converter's architecture, exported with
-  `hf_gru_attn.onnx_export` and decoded by `hf_gru_attn.onnx_decoding` (greedy and beam search through `generate()`,
-  on as many threads as torch), against our eager `generate()`, at each of `--onnx_batch_sizes`; skipped with a
-  message when `onnx` or `onnxruntime` is not installed.
+  `hf_gru_attn.onnx_export` and decoded by `hf_gru_attn.onnx_decoding` (`generate()`: greedy in its NumPy loop, beam
+  search in transformers'; as many threads as torch), against our eager `generate()`, at each of `--onnx_batch_sizes`;
+  skipped with a message when `onnx` or `onnxruntime` is not installed.
 
 Example:
     python scripts/benchmark.py                 # full sizes (about 20 minutes on 2 cores without native bf16)
