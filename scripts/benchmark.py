@@ -26,7 +26,11 @@ its threads are scheduled, which other processes' load delays. Sections:
 - decode scaling: greedy time per sentence for each of `--decode_source_lengths` (fixed output length), which grows
   linearly with the source length when nothing per step is quadratic; the slope columns should agree;
 - peak memory: the highest sum of live tensor allocations during one training step, greedy or beam decode, above
-  what was allocated before it (parameters, optimizer state), from the PyTorch profiler's allocation events.
+  what was allocated before it (parameters, optimizer state), from the PyTorch profiler's allocation events;
+- ONNX Runtime: sentences/s of our model in the seed converter's architecture, exported with
+  `hf_gru_attn.onnx_export` and decoded by `hf_gru_attn.onnx_decoding` (`generate()`: greedy in its NumPy loop, beam
+  search in transformers'; as many threads as torch), against our eager `generate()`, at each of `--onnx_batch_sizes`;
+  skipped with a message when `onnx` or `onnxruntime` is not installed.
 
 Example:
     python scripts/benchmark.py                 # full sizes (about 20 minutes on 2 cores without native bf16)
@@ -61,8 +65,7 @@ BOS, EOS = 1, 2
 QUICK_SIZES = {
     "vocab_size": 200, "embedding_size": 16, "hidden_size": 32, "batch_size": 4, "target_length": 5,
     "source_length": 6, "decode_source_lengths": [4, 8, 16], "matmul_size": 128, "warmup": 1, "repeats": 5,
-    "greedy_batch_sizes": [2, 4],
-    "loss_check_steps": 10,
+    "greedy_batch_sizes": [2, 4], "loss_check_steps": 10, "onnx_batch_sizes": [2, 4],
 }
 
 
@@ -82,6 +85,9 @@ class BenchmarkArguments:
     )
     greedy_batch_sizes: list[int] = field(
         default_factory=lambda: [32, 64], metadata={"help": "Batch sizes of the greedy-batches section."}
+    )
+    onnx_batch_sizes: list[int] = field(
+        default_factory=lambda: [32, 64], metadata={"help": "Batch sizes of the ONNX Runtime sections."}
     )
     matmul_size: int = field(default=2048, metadata={"help": "Side of the square matmul that gives the peak."})
     warmup: int = field(default=1, metadata={"help": "Untimed runs of every contender before timing."})
@@ -111,6 +117,8 @@ class BenchmarkArguments:
                      "num_beams", "matmul_size", "loss_check_steps", "loss_check_width_divisor"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}.")
+        if not self.onnx_batch_sizes or min(self.onnx_batch_sizes) < 1:
+            raise ValueError(f"--onnx_batch_sizes must be positive, got {self.onnx_batch_sizes}.")
         if self.vocab_size // self.loss_check_width_divisor <= EOS + 1:
             raise ValueError("--loss_check_width_divisor leaves no room for ordinary tokens in the vocabulary.")
 
@@ -491,6 +499,41 @@ def bench_memory(args, report, trainers, seed, models, source):
             report.add("peak_memory", f"{label}: {name}", mb=peak_tensor_memory(run) / 2**20)
 
 
+def bench_onnx(args, report, config: GruAttnConfig):
+    """Sentences/s of ONNX Runtime greedy and beam search against our eager generate(), per batch size, interleaved."""
+    if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None:
+        print("ONNX Runtime sections skipped: install onnx and onnxruntime (pip install -e '.[onnx]').",
+              file=sys.stderr)
+        return
+    from hf_gru_attn.onnx_decoding import GruAttnOnnxForConditionalGeneration
+    from hf_gru_attn.onnx_export import export_onnx
+
+    torch.manual_seed(args.seed)
+    model = GruAttnForConditionalGeneration(config).eval()
+    never_emit_eos(model)
+    with tempfile.TemporaryDirectory() as folder:
+        export_onnx(model, folder)
+        onnx_model = GruAttnOnnxForConditionalGeneration.from_pretrained(folder)
+    generator = torch.Generator().manual_seed(args.seed)
+    for batch_size in args.onnx_batch_sizes:
+        section = f"onnx_runtime_batch{batch_size}"
+        source = random_tokens(generator, args.vocab_size, batch_size, args.source_length)
+        contenders = {}
+        for mode, beams in (("greedy", 1), (f"beam{args.num_beams}", args.num_beams)):
+            contenders[f"eager {mode}"] = generate_runner(model, source, args.target_length, beams)
+            contenders[f"onnx runtime {mode}"] = generate_runner(onnx_model, source, args.target_length, beams)
+        peak_name, peak_run = matmul_runner(args.matmul_size, torch.float32)
+        seconds = interleaved_medians({**contenders, peak_name: peak_run}, args.warmup, args.repeats)
+        peak = add_peak_row(report, section, peak_name, seconds.pop(peak_name), args.matmul_size)
+        for name, value in seconds.items():
+            beams = 1 if name.endswith("greedy") else args.num_beams
+            flops = model_forward_flops(config, args.source_length, args.target_length, beams)
+            report.add(section, name, ms=value * 1e3, throughput=batch_size / value, unit="sentences/s",
+                       utilisation_pct=100 * batch_size / value * flops / (peak * 1e9))
+        report.target(f"onnx runtime greedy / eager greedy, batch {batch_size}",
+                      seconds["eager greedy"] / seconds["onnx runtime greedy"], 1.5)
+
+
 def check_targets(args, report):
     """The issue's targets, for the seed converter's architecture (`ours`) against the seed."""
     train = {row["name"]: row for row in report.rows if row["section"] == "train_fp32"}
@@ -588,6 +631,7 @@ def main():
     bench_decode_scaling(args, report, seed_module, configs["ours"])
     bench_memory(args, report, trainers, seed, models, source)
     check_targets(args, report)
+    bench_onnx(args, report, configs["ours"])
 
     if args.json:
         print(json.dumps({"header": header, "arguments": asdict(args), "rows": report.rows,

@@ -1,5 +1,6 @@
 """scripts/benchmark.py at tiny sizes: it runs in a subprocess and reports every row. Timings are not asserted."""
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -27,6 +28,12 @@ EXPECTED_ROWS = {
 }
 # what torch.backends.cpu.get_cpu_capability() says where /proc/cpuinfo has no x86 flags (macOS, ARM)
 ISA_FROM_TORCH = ("DEFAULT", "NEON", "SVE128", "SVE256", "SVE512", "VSX", "ZVECTOR", "AVX2", "AVX512")
+HAS_ONNX_RUNTIME = all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
+if HAS_ONNX_RUNTIME:
+    for batch_size in (2, 4):
+        EXPECTED_ROWS[f"onnx_runtime_batch{batch_size}"] = ["matmul peak: fp32 mm 128^2"] + [
+            f"{who} {mode}" for mode in ("greedy", "beam5") for who in ("eager", "onnx runtime")
+        ]
 EXPECTED_TARGETS = [
     "bf16 autocast loss vs fp32 after the loss-check steps (%)",
     "train fp32: ours / seed",
@@ -38,6 +45,8 @@ EXPECTED_TARGETS = [
     "ours beam5 bf16 / ours greedy bf16",
 ]
 EXPECTED_TARGETS[1:1] = [f"greedy fp32 batch {batch_size}: ours / seed loop fp32" for batch_size in (2, 4)]
+if HAS_ONNX_RUNTIME:
+    EXPECTED_TARGETS += [f"onnx runtime greedy / eager greedy, batch {batch_size}" for batch_size in (2, 4)]
 
 
 def run_quick_benchmark(*flags: str, timeout: int = 120) -> dict:
