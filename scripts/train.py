@@ -176,13 +176,14 @@ def resolve_bf16_auto(parser: HfArgumentParser, argv: list[str]) -> list[str]:
     Replaces the value of the last `--bf16` flag, when it is `auto`, by `true` where bf16 matmuls at the model's
     shapes measure faster than float32 on the training device (native AVX512-BF16/AMX, bf16 GPUs), else `false`
     ([`~hf_gru_attn.decoding_dtype.choose_decoding_dtype`], measured once per machine and cached). The shapes are
-    those of a new model from the architecture flags, with the batch size's rows.
+    those of a new model from the architecture flags, with the batch size's rows. An earlier `--bf16 auto` (a
+    preset's, overridden by a later flag) becomes `false` without a measurement.
     """
     values = [i + 1 for i, flag in enumerate(argv[:-1]) if flag == "--bf16"]
-    if not values or argv[values[-1]] != "auto":
+    auto = bool(values) and argv[values[-1]] == "auto"
+    argv = ["false" if i in values and value == "auto" else value for i, value in enumerate(argv)]
+    if not auto:
         return argv
-    argv = list(argv)
-    argv[values[-1]] = "false"
     model_args, _, training_args, _, _ = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     config = GruAttnConfig(
         vocab_size=model_args.vocab_size, embedding_size=model_args.embedding_size,
