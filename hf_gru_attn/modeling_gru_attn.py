@@ -998,10 +998,11 @@ class GruAttnForConditionalGeneration(GruAttnPreTrainedModel, GenerationMixin):
             return full.index_copy_(-1, shortlist[0], logits)
         rows = features.reshape(-1, features.shape[-1]).t()
         logits = torch.mm(weight, rows) if bias is None else torch.addmm(bias.unsqueeze(1), weight, rows)
-        if shortlist is not None:
-            full = logits.new_full((self.config.decoder_vocab_size, logits.shape[1]), float("-inf"))
-            logits = full.index_copy_(0, shortlist[0], logits)
-        return logits.t().view(*features.shape[:-1], logits.shape[0])
+        if shortlist is None:
+            return logits.t().view(*features.shape[:-1], logits.shape[0])
+        # Scattered into contiguous rows: generate() copies and scans the full-vocabulary rows at every step.
+        full = logits.new_full((logits.shape[1], self.config.decoder_vocab_size), float("-inf"))
+        return full.index_copy_(1, shortlist[0], logits.t()).view(*features.shape[:-1], -1)
 
     def forward(
         self,
