@@ -275,6 +275,9 @@ def test_push_to_hub_uploads_the_table_and_from_pretrained_reads_it_by_repo_id(f
     (tmp_path / "staging").mkdir()
     staged = push.stage_model_folder(tmp_path / "model", tmp_path / "staging", "test-user/x", "de", "en")
     assert SHORTLIST_NAME in staged
+    model.save_pretrained(tmp_path / "pushed", push_to_hub=True, repo_id="test-user/saved-and-pushed")
+    assert SHORTLIST_NAME in fake_hub.files("test-user/saved-and-pushed")
+    assert (tmp_path / "pushed" / SHORTLIST_NAME).is_file()
     without = make_model()
     without.push_to_hub("test-user/plain")
     assert GruAttnForConditionalGeneration.from_pretrained("test-user/plain").shortlist is None
