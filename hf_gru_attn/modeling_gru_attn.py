@@ -883,8 +883,8 @@ class GruAttnForConditionalGeneration(GruAttnPreTrainedModel, GenerationMixin):
         folder or Hub repo has one (a model without one loads as before, offline too).
 
         Raises:
-            ValueError: as `PreTrainedModel.from_pretrained`, and when the shortlist file is damaged or for another
-                vocabulary (see [`GruAttnShortlist.load`]).
+            ValueError: when the shortlist file is damaged or for another vocabulary (see [`GruAttnShortlist.load`]);
+                otherwise what `PreTrainedModel.from_pretrained` raises.
         """
         loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded

@@ -293,6 +293,18 @@ def test_use_shortlist_without_a_table_is_a_clear_error():
         model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=3, use_shortlist=True)
 
 
+def test_use_shortlist_without_source_ids_is_a_clear_error():
+    model = make_model()
+    model.set_shortlist(whole_vocabulary())
+    input_ids, attention_mask = batch()
+    encoder_outputs = model.get_encoder()(input_ids, attention_mask)  # without use_shortlist: no input_ids kept
+    assert encoder_outputs.input_ids is None
+    assert torch.equal(model.get_encoder()(input_ids, attention_mask, use_shortlist=True).input_ids, input_ids)
+    with pytest.raises(ValueError, match="needs the source ids"):
+        model(encoder_outputs=encoder_outputs, attention_mask=attention_mask,
+              decoder_input_ids=torch.full((2, 1), BOS), use_shortlist=True)
+
+
 def test_table_for_another_vocabulary_is_refused(tmp_path):
     model = make_model()
     other = GruAttnShortlist(torch.zeros((VOCAB_SIZE + 6, 2), dtype=torch.long), torch.tensor([1]), VOCAB_SIZE + 6)
