@@ -20,7 +20,7 @@ def build_shortlist(
     target_ids: Iterable[Sequence[int]],
     vocab_size: int,
     decoder_vocab_size: int,
-    top_k: int = 100,
+    top_k: int = 10,
     num_frequent: int = 100,
     special_ids: Sequence[int] = (),
 ) -> GruAttnShortlist:
@@ -31,7 +31,7 @@ def build_shortlist(
         source_ids (`Iterable[Sequence[int]]`), target_ids (`Iterable[Sequence[int]]`): token ids of the aligned
             source and target sentences (as the model's tokenizer gives them, special tokens included).
         vocab_size (`int`), decoder_vocab_size (`int`): the model's source and target vocabulary sizes.
-        top_k (`int`, *optional*, defaults to 100): candidates kept per source token.
+        top_k (`int`, *optional*, defaults to 10): candidates kept per source token.
         num_frequent (`int`, *optional*, defaults to 100): most frequent target tokens that are always candidates.
         special_ids (`Sequence[int]`, *optional*): special token ids; never counted as source tokens, always
             candidates.

@@ -25,8 +25,8 @@ its threads are scheduled, which other processes' load delays. Sections:
   shortlist and beam search with it, at each of `--shortlist_batch_sizes`, for the seed converter's architecture. The
   random model has no real table, so a synthetic one gives every batch `--shortlist_candidates` candidate target
   tokens (special tokens included): by default the mean sizes that the table of `scripts/build_shortlist.py`
-  (top 100 per source token, 100 frequent) gives for batches of 32 and 64 Multi30k validation sentences with the
-  default recipe's 8000-token vocabulary;
+  (top 10 per source token, 100 frequent) gives for batches of 32 and 64 Multi30k validation sentences with the
+  trained default-recipe model's tokenizer (8000 tokens);
 - decode scaling: greedy time per sentence for each of `--decode_source_lengths` (fixed output length), which grows
   linearly with the source length when nothing per step is quadratic; the slope columns should agree;
 - peak memory: the highest sum of live tensor allocations during one training step, greedy or beam decode, above
@@ -86,7 +86,7 @@ class BenchmarkArguments:
         default_factory=lambda: [32, 64], metadata={"help": "Batch sizes of the shortlist section."}
     )
     shortlist_candidates: list[int] = field(
-        default_factory=lambda: [2337, 2757],
+        default_factory=lambda: [1032, 1431],
         metadata={"help": "Candidate target tokens per batch in the shortlist section, one per batch size (default: "
                   "what the Multi30k table gives for 32 and 64 sentences)."},
     )

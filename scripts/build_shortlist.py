@@ -43,7 +43,7 @@ class ShortlistArguments:
     )
     source_lang: str = field(default="de", metadata={"help": "Source language code."})
     target_lang: str = field(default="en", metadata={"help": "Target language code."})
-    top_k: int = field(default=100, metadata={"help": "Candidate target tokens kept per source token."})
+    top_k: int = field(default=10, metadata={"help": "Candidate target tokens kept per source token."})
     num_frequent: int = field(default=100, metadata={"help": "Most frequent target tokens, always candidates."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Count on the first N pairs only."})
     report_batch_sizes: list[int] = field(
