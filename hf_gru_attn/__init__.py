@@ -14,6 +14,7 @@ from .modeling_gru_attn import (
     GruAttnForConditionalGeneration,
     GruAttnModel,
     GruAttnPreTrainedModel,
+    GruAttnShortlist,
 )
 from .pipeline_gru_attn import GruAttnTranslationPipeline, register_pipeline
 
@@ -33,5 +34,6 @@ __all__ = [
     "GruAttnForConditionalGeneration",
     "GruAttnModel",
     "GruAttnPreTrainedModel",
+    "GruAttnShortlist",
     "GruAttnTranslationPipeline",
 ]

@@ -68,6 +68,10 @@ class GruAttnConfig(PreTrainedConfig):
             First decoder input token; `None` means `bos_token_id`.
         use_cache (`bool`, *optional*, defaults to `True`):
             Return the decoder state as a cache for incremental decoding.
+        use_shortlist (`bool`, *optional*, defaults to `False`):
+            Decode with the model's lexical shortlist (`shortlist.safetensors`, see [`GruAttnShortlist`]): the output
+            layer computes only the batch's candidate target tokens and gives every other token a logit of `-inf`.
+            `generate(..., use_shortlist=...)` overrides it per call; training (`labels` given) never uses it.
         custom_pipelines (`dict`, *optional*):
             Pipeline tasks saved into `config.json`, so that
             `pipeline("translation", model=..., trust_remote_code=True)` works (transformers 5.x removed that
@@ -112,6 +116,7 @@ class GruAttnConfig(PreTrainedConfig):
     decoder_start_token_id: int | None = None
     is_encoder_decoder: bool = True
     use_cache: bool = True
+    use_shortlist: bool = False
     custom_pipelines: dict | None = None
 
     def __post_init__(self, **kwargs):
@@ -139,6 +144,8 @@ class GruAttnConfig(PreTrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"GruAttnConfig.{name} must be a positive integer, got {value!r}.")
+        if not isinstance(self.use_shortlist, bool):
+            raise ValueError(f"GruAttnConfig.use_shortlist must be True or False, got {self.use_shortlist!r}.")
         if self.max_source_positions is not None and (
             isinstance(self.max_source_positions, bool)
             or not isinstance(self.max_source_positions, int)

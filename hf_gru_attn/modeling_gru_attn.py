@@ -4,6 +4,7 @@ This file imports only torch, transformers, the standard library and sibling mod
 it can be uploaded to the Hub and loaded with `trust_remote_code=True`.
 """
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -13,7 +14,10 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
-from transformers.utils import logging
+
+# safetensors through transformers (which depends on it): remote code may import only torch and transformers.
+from transformers.modeling_utils import safe_open, safe_save_file
+from transformers.utils import cached_file, logging
 
 from .configuration_gru_attn import GruAttnConfig
 
@@ -34,6 +38,9 @@ def _packed_gemm_usable() -> bool:
 # reads that file back instead). `max_length` counts the decoder start token; users override any of them per call
 # (a per-call `max_new_tokens` replaces the shipped `max_length`, see `GruAttnForConditionalGeneration.generate`).
 DEFAULT_GENERATION_SETTINGS = {"num_beams": 5, "max_length": 128, "early_stopping": True, "length_penalty": 1.0}
+# The vocabulary shortlist is saved next to the weights, outside model.safetensors (see GruAttnShortlist).
+SHORTLIST_NAME = "shortlist.safetensors"
+SHORTLIST_FORMAT = "hf_gru_attn.shortlist.v1"
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
@@ -85,9 +92,13 @@ class GruAttnEncoderOutput(BaseModelOutput):
             `(embeddings, last_hidden_state)`, the embedded source and the encoder outputs.
         final_hidden_state (`torch.FloatTensor` of shape `(batch_size, layers * directions, encoder_hidden_size)`):
             Final GRU state of every layer and direction, taken at each row's last real token (padding excluded).
+        input_ids (`torch.LongTensor` of shape `(batch_size, source_length)`, *optional*, returned when the encoder
+            runs with `use_shortlist=True`): the source ids, from which the decoder builds the batch's vocabulary
+            shortlist at its first step (`generate()` passes the decoder only the encoder outputs).
     """
 
     final_hidden_state: torch.FloatTensor | None = None
+    input_ids: torch.LongTensor | None = None
 
 
 class GruAttnCache:
@@ -103,18 +114,28 @@ class GruAttnCache:
         seq_length (`int`): number of decoder tokens consumed so far.
         key_groups (`torch.LongTensor` of shape `(batch_size,)`, *optional*): rows with equal ids hold identical
             keys (the beams of one source sentence); worked out from `keys` when first needed.
+        shortlist (`tuple`, *optional*): the batch's output-layer shortlist `(candidate_ids, weight, bias)`: target
+            ids `(num_candidates,)` and their rows of the output layer, `(num_candidates, readout_size)` and
+            `(num_candidates,)` (see [`GruAttnForConditionalGeneration`]). It holds for the whole batch, so batch
+            reorders and beam moves leave it as it is.
     """
 
     is_compileable = False
     is_croppable = False
 
     def __init__(
-        self, hidden: torch.Tensor, keys: torch.Tensor, seq_length: int, key_groups: torch.Tensor | None = None
+        self,
+        hidden: torch.Tensor,
+        keys: torch.Tensor,
+        seq_length: int,
+        key_groups: torch.Tensor | None = None,
+        shortlist: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
     ):
         self.hidden = hidden
         self.keys = keys
         self.seq_length = seq_length
         self.key_groups = key_groups
+        self.shortlist = shortlist
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """Number of decoder tokens consumed so far."""
@@ -155,6 +176,142 @@ def _identical_row_groups(keys: torch.Tensor) -> torch.LongTensor:
     """Ids `(batch_size,)` of the runs of consecutive rows of `keys` `(batch_size, ...)` that are exactly equal."""
     starts_new_run = (keys[1:] != keys[:-1]).flatten(1).any(dim=1)
     return torch.cat([starts_new_run.new_zeros(1), starts_new_run]).cumsum(0)
+
+
+class GruAttnShortlist:
+    """
+    Lexical shortlist of the output layer (Jean et al. 2015, "On Using Very Large Target Vocabulary for Neural Machine
+    Translation", Sec. 3.2; Marian's `--shortlist`): the target tokens a batch may produce are the union of the
+    `top_k` likely translations of each of its source tokens and a fixed list of frequent (and special) target
+    tokens; the output layer then computes only those rows, and every other token gets a logit of `-inf`.
+
+    `scripts/build_shortlist.py` builds it from a parallel corpus (`hf_gru_attn.shortlist.build_shortlist`);
+    `save_pretrained` writes it to `shortlist.safetensors` next to the weights and `from_pretrained` reads it back.
+
+    Args:
+        top_targets (`torch.LongTensor` of shape `(vocab_size, top_k)`): for each source id, its candidate target
+            ids, best first; -1 fills the row of a source id with fewer than `top_k` candidates.
+        frequent_targets (`torch.LongTensor` of shape `(num_frequent,)`): target ids that are always candidates.
+        decoder_vocab_size (`int`): size of the target vocabulary that the ids index.
+        metadata (`dict[str, str]`, *optional*): how the table was built (saved with it).
+
+    Raises:
+        ValueError: if a tensor has another shape or a non-integer dtype, or holds ids outside
+            `[0, decoder_vocab_size)` (-1 allowed in `top_targets`).
+    """
+
+    def __init__(
+        self,
+        top_targets: torch.Tensor,
+        frequent_targets: torch.Tensor,
+        decoder_vocab_size: int,
+        metadata: dict[str, str] | None = None,
+    ):
+        for name, tensor, dims, lowest in (
+            ("top_targets", top_targets, 2, -1), ("frequent_targets", frequent_targets, 1, 0)
+        ):
+            if (
+                not isinstance(tensor, torch.Tensor) or tensor.dim() != dims or tensor.is_floating_point()
+                or tensor.dtype == torch.bool
+            ):
+                shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+                raise ValueError(f"Shortlist `{name}` must be a {dims}-D integer tensor, got {shape}.")
+            if tensor.numel() and (tensor.min() < lowest or tensor.max() >= decoder_vocab_size):
+                raise ValueError(
+                    f"Shortlist `{name}` holds ids outside [{lowest}, {decoder_vocab_size}) (min {int(tensor.min())}, "
+                    f"max {int(tensor.max())}): it was built for another target vocabulary."
+                )
+        self.top_targets = top_targets.long()
+        self.frequent_targets = frequent_targets.long()
+        self.decoder_vocab_size = decoder_vocab_size
+        self.metadata = dict(metadata or {})
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the source vocabulary (rows of `top_targets`)."""
+        return self.top_targets.shape[0]
+
+    def candidate_ids(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, always_ids: tuple[int, ...] = ()
+    ) -> torch.LongTensor:
+        """
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, source_length)`): the batch's source ids.
+            attention_mask (`torch.Tensor` of shape `(batch_size, source_length)`, *optional*): 0 on padding, whose
+                ids are left out.
+            always_ids (`tuple[int, ...]`): further target ids to include (the model's special tokens).
+
+        Returns:
+            `torch.LongTensor` of shape `(num_candidates,)`: the sorted, distinct target ids of the batch's shortlist.
+        """
+        source_ids = input_ids if attention_mask is None else input_ids[attention_mask.bool()]
+        top_targets = self.top_targets.to(input_ids.device)
+        candidates = torch.cat([
+            top_targets[source_ids.unique()].flatten(),
+            self.frequent_targets.to(input_ids.device),
+            torch.tensor(always_ids, dtype=torch.long, device=input_ids.device),
+        ])
+        return candidates[candidates >= 0].unique()
+
+    def check_vocabulary(self, config: GruAttnConfig, where: str):
+        """Raises `ValueError` unless the table's source and target vocabulary sizes are those of `config`."""
+        if (self.vocab_size, self.decoder_vocab_size) != (config.vocab_size, config.decoder_vocab_size):
+            raise ValueError(
+                f"The shortlist {where} is for a vocabulary of {self.vocab_size} source and {self.decoder_vocab_size} "
+                f"target tokens, but the model has {config.vocab_size} and {config.decoder_vocab_size}: it belongs to "
+                "another model. Build one for this model with scripts/build_shortlist.py."
+            )
+
+    def save(self, path: str | os.PathLike):
+        """Writes the table to the safetensors file `path` (int32 ids; sizes and build settings in its metadata)."""
+        metadata = {
+            **self.metadata, "format": SHORTLIST_FORMAT, "vocab_size": str(self.vocab_size),
+            "decoder_vocab_size": str(self.decoder_vocab_size), "top_k": str(self.top_targets.shape[1]),
+        }
+        tensors = {"top_targets": self.top_targets.int().contiguous(), "frequent_targets": self.frequent_targets.int()}
+        safe_save_file({name: tensor.cpu() for name, tensor in tensors.items()}, str(path), metadata=metadata)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, config: GruAttnConfig | None = None) -> "GruAttnShortlist":
+        """
+        Reads a table written by [`~GruAttnShortlist.save`].
+
+        Args:
+            path (`str` or `os.PathLike`): the `shortlist.safetensors` file.
+            config ([`GruAttnConfig`], *optional*): when given, the table must be for its vocabulary.
+
+        Raises:
+            ValueError: if the file is not a readable safetensors file, is not a shortlist table (metadata or tensors
+                missing), its tensors disagree with its metadata, or it is for another vocabulary than `config`'s.
+        """
+        try:
+            with safe_open(str(path), framework="pt") as file:
+                metadata = file.metadata() or {}
+                tensors = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118 (no __iter__)
+        except Exception as error:  # safetensors raises its own error types for damaged files
+            raise ValueError(
+                f"Cannot read the shortlist {str(path)!r}: {error}. The file is damaged or incomplete; build it again "
+                "with scripts/build_shortlist.py."
+            ) from None
+        missing = {"top_targets", "frequent_targets"} - set(tensors)
+        sizes_given = metadata.get("decoder_vocab_size", "").isdigit()
+        if metadata.get("format") != SHORTLIST_FORMAT or missing or not sizes_given:
+            raise ValueError(
+                f"{str(path)!r} is not a shortlist table (format {metadata.get('format')!r}, tensors "
+                f"{sorted(tensors)}; expected format {SHORTLIST_FORMAT!r} with top_targets and frequent_targets). "
+                "Build it with scripts/build_shortlist.py."
+            )
+        top_targets = tensors["top_targets"]
+        if top_targets.dim() != 2 or str(top_targets.shape[0]) != metadata.get("vocab_size"):
+            raise ValueError(
+                f"The shortlist {str(path)!r} is damaged: top_targets has shape {tuple(top_targets.shape)} but its "
+                f"metadata says vocab_size={metadata.get('vocab_size')}. Build it again with "
+                "scripts/build_shortlist.py."
+            )
+        shortlist = cls(top_targets, tensors["frequent_targets"], int(metadata["decoder_vocab_size"]), metadata)
+        if config is not None:
+            shortlist.check_vocabulary(config, repr(str(path)))
+        return shortlist
 
 
 class GruAttnAttention(nn.Module):
@@ -320,6 +477,7 @@ class GruAttnEncoder(nn.Module):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        use_shortlist: bool | None = None,
     ) -> GruAttnEncoderOutput:
         r"""
         Args:
@@ -329,6 +487,8 @@ class GruAttnEncoder(nn.Module):
             output_attentions (`bool`, *optional*): accepted for API compatibility; the encoder has no attention.
             output_hidden_states (`bool`, *optional*): also return `(embeddings, outputs)`.
             return_dict (`bool`, *optional*): accepted for API compatibility; a [`GruAttnEncoderOutput`] is returned.
+            use_shortlist (`bool`, *optional*): also return `input_ids`, from which the decoder builds its vocabulary
+                shortlist; defaults to `config.use_shortlist` (`generate()` passes its `use_shortlist` here).
 
         Returns:
             [`GruAttnEncoderOutput`].
@@ -338,6 +498,7 @@ class GruAttnEncoder(nn.Module):
                 or a row without any real token.
         """
         _check_token_ids("input_ids", input_ids, self.config.vocab_size)
+        source_ids = input_ids if (self.config.use_shortlist if use_shortlist is None else use_shortlist) else None
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
         elif attention_mask.shape != input_ids.shape:
@@ -378,6 +539,7 @@ class GruAttnEncoder(nn.Module):
             last_hidden_state=outputs,
             hidden_states=(embeddings, outputs) if output_hidden_states else None,
             final_hidden_state=final_hidden_state.transpose(0, 1),  # (batch, layers * directions, enc_hidden)
+            input_ids=source_ids,
         )
 
 
@@ -515,7 +677,10 @@ class GruAttnDecoder(nn.Module):
 
         outputs = torch.stack(outputs, dim=1)  # (batch, tgt_len, hidden_size)
         features = torch.cat([outputs, torch.stack(contexts, dim=1), embeddings], dim=2)
-        new_cache = GruAttnCache(torch.stack(hidden), keys, past_length + input_ids.shape[1], key_groups)
+        new_cache = GruAttnCache(
+            torch.stack(hidden), keys, past_length + input_ids.shape[1], key_groups,
+            shortlist=None if cache is None else cache.shortlist,
+        )
         return features, new_cache, outputs, torch.stack(attentions, dim=1) if output_attentions else None
 
 
@@ -680,6 +845,12 @@ class GruAttnForConditionalGeneration(GruAttnPreTrainedModel, GenerationMixin):
     Output layer: `logits = W_out r + b` with the readout `r = [s_i; c_i; E y_{i-1}]`; when
     `config.tie_word_embeddings`, the readout is first mapped to `embedding_size` by `tanh(W_r r)` and `W_out` is
     the target embedding matrix (Press & Wolf 2017).
+
+    Vocabulary shortlist (opt-in, `use_shortlist`): with a [`GruAttnShortlist`] (`model.shortlist`, read from
+    `shortlist.safetensors` by `from_pretrained`), decoding computes the output layer only on the batch's candidate
+    target ids, worked out once from the source at the first decoder step and kept in the cache; `logits` keep the
+    full vocabulary shape with `-inf` outside the candidates, so every logits processor, greedy, beam search,
+    sampling and `output_scores` work as before, and the scores are log-probabilities over the candidates.
     """
 
     # The loss is summed and divided by `num_items_in_batch` when the Trainer passes it (exact gradient accumulation).
@@ -703,6 +874,65 @@ class GruAttnForConditionalGeneration(GruAttnPreTrainedModel, GenerationMixin):
         for name, value in DEFAULT_GENERATION_SETTINGS.items():
             if getattr(self.generation_config, name, None) is None:
                 setattr(self.generation_config, name, value)
+        # Not a parameter or buffer: it stays out of model.safetensors and is saved in its own file.
+        self.shortlist: GruAttnShortlist | None = None
+
+    def set_shortlist(self, shortlist: GruAttnShortlist | None):
+        """
+        Attaches a vocabulary shortlist (or removes it with `None`); `save_pretrained` then saves it too.
+
+        Raises:
+            ValueError: if `shortlist` is for another source or target vocabulary size than this model's.
+        """
+        if shortlist is not None:
+            shortlist.check_vocabulary(self.config, "given")
+        self.shortlist = shortlist
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """
+        `PreTrainedModel.from_pretrained`, which also reads the vocabulary shortlist `shortlist.safetensors` when the
+        folder or Hub repo has one (a model without one loads as before, offline too).
+
+        Raises:
+            ValueError: when the shortlist file is damaged or for another vocabulary (see [`GruAttnShortlist.load`]);
+                otherwise what `PreTrainedModel.from_pretrained` raises.
+        """
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        if pretrained_model_name_or_path is not None:
+            hub_kwargs = {name: kwargs[name] for name in (
+                "cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder"
+            ) if kwargs.get(name) is not None}
+            path = cached_file(
+                pretrained_model_name_or_path, SHORTLIST_NAME, **hub_kwargs,
+                _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False,
+            )
+            if path is not None:
+                model.set_shortlist(GruAttnShortlist.load(path, model.config))
+        return loaded
+
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, **kwargs):
+        """
+        `PreTrainedModel.save_pretrained`, which also writes the shortlist (when the model has one) to
+        `shortlist.safetensors`; `push_to_hub` and `scripts/push_to_hub.py` upload it with the weights. A
+        `shortlist.safetensors` already in the folder is left as it is when the model has none.
+        """
+        push_to_hub = kwargs.pop("push_to_hub", False)
+        if push_to_hub and self.shortlist is not None:
+            # transformers uploads from inside save_pretrained, before the shortlist below is written: save, then
+            # upload with push_to_hub (which saves again, shortlist included, into a temporary folder).
+            hub_kwargs = {
+                name: kwargs.pop(name) for name in ("commit_message", "create_pr", "private") if name in kwargs
+            }
+            repo_id = kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
+            self.save_pretrained(save_directory, is_main_process, **kwargs)
+            if is_main_process:
+                self.push_to_hub(repo_id, token=kwargs.get("token"), **hub_kwargs)
+            return
+        super().save_pretrained(save_directory, is_main_process, push_to_hub=push_to_hub, **kwargs)
+        if self.shortlist is not None and is_main_process:
+            self.shortlist.save(os.path.join(save_directory, SHORTLIST_NAME))
 
     def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
         """
@@ -754,7 +984,42 @@ class GruAttnForConditionalGeneration(GruAttnPreTrainedModel, GenerationMixin):
         """Teacher-forcing decoder inputs from `labels` (see [`shift_tokens_right`]); used by the seq2seq collator."""
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
-    def _vocabulary_logits(self, features: torch.Tensor) -> torch.Tensor:
+    def _batch_shortlist(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        encoder_outputs: GruAttnEncoderOutput | tuple | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """
+        The batch's shortlist `(candidate_ids, weight, bias)` for [`GruAttnCache`]: the candidates of the source ids
+        (`input_ids`, else the `input_ids` kept in `encoder_outputs`) and the special tokens, with their rows of
+        the output layer.
+
+        Raises:
+            ValueError: if the model has no shortlist, or the source ids are not available.
+        """
+        if self.shortlist is None:
+            raise ValueError(
+                "use_shortlist=True, but this model has no vocabulary shortlist. Build one with `python "
+                "scripts/build_shortlist.py --model MODEL_DIR` (it writes MODEL_DIR/shortlist.safetensors, which "
+                "from_pretrained loads), or attach one with `model.set_shortlist(...)`."
+            )
+        if input_ids is None:
+            input_ids = getattr(encoder_outputs, "input_ids", None)
+        if input_ids is None:
+            raise ValueError(
+                "use_shortlist=True needs the source ids: pass `input_ids`, or `encoder_outputs` from "
+                "`model.get_encoder()(input_ids, attention_mask, use_shortlist=True)`, which keeps them."
+            )
+        special_ids = (self.config.pad_token_id, self.config.bos_token_id, self.config.decoder_start_token_id)
+        eos_ids = self.config.eos_token_id
+        eos_ids = eos_ids if isinstance(eos_ids, list) else [eos_ids]
+        always_ids = tuple(token for token in (*special_ids, *eos_ids) if token is not None)
+        candidate_ids = self.shortlist.candidate_ids(input_ids, attention_mask, always_ids)
+        bias = None if self.lm_head.bias is None else self.lm_head.bias.index_select(0, candidate_ids)
+        return candidate_ids, self.lm_head.weight.index_select(0, candidate_ids), bias
+
+    def _vocabulary_logits(self, features: torch.Tensor, shortlist: tuple | None = None) -> torch.Tensor:
         """
         `lm_head(features)` for `features` `(batch_size, target_length, readout_size)`. Without autograd on a CPU
         (decoding), the same product is taken in the layout that is fastest for few rows:
@@ -768,7 +1033,21 @@ class GruAttnForConditionalGeneration(GruAttnPreTrainedModel, GenerationMixin):
           than the layout below at 160-320 rows);
         - otherwise `(W features^T + b)^T`: MKL splits that layout better over threads (1.2-1.7x faster on 2 AVX2
           cores for 8-320 rows, the same for thousands), and the result is a transposed view rather than a copy.
+
+        With a `shortlist` `(candidate_ids, weight, bias)` (see [`GruAttnCache`]) only the candidates' rows are
+        computed, in the second layout; the other logits are `-inf`. Returns `(batch_size, target_length,
+        decoder_vocab_size)`.
         """
+        if shortlist is not None:
+            candidate_ids, weight, bias = shortlist
+            if torch.is_grad_enabled() or features.device.type != "cpu":
+                logits = F.linear(features, weight, bias).reshape(-1, candidate_ids.shape[0])
+            else:
+                rows = features.reshape(-1, features.shape[-1]).t()
+                logits = (torch.mm(weight, rows) if bias is None else torch.addmm(bias.unsqueeze(1), weight, rows)).t()
+            # Scattered into contiguous rows: generate() copies and scans the full-vocabulary rows at every step.
+            full = logits.new_full((logits.shape[0], self.config.decoder_vocab_size), float("-inf"))
+            return full.index_copy_(1, candidate_ids, logits).view(*features.shape[:-1], -1)
         if torch.is_grad_enabled() or features.device.type != "cpu" or torch.jit.is_tracing():
             return self.lm_head(features)
         rows = features.reshape(-1, features.shape[-1])
@@ -817,6 +1096,7 @@ class GruAttnForConditionalGeneration(GruAttnPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,
+        use_shortlist: bool | None = None,
     ) -> Seq2SeqLMOutput | tuple:
         r"""
         Args:
@@ -829,6 +1109,9 @@ class GruAttnForConditionalGeneration(GruAttnPreTrainedModel, GenerationMixin):
             num_items_in_batch (`int` or `torch.Tensor`, *optional*):
                 Number of non-ignored label tokens in the whole (accumulated) batch, passed by the Trainer: the loss
                 is then the summed token loss divided by it, so gradient accumulation matches one large batch.
+            use_shortlist (`bool`, *optional*): restrict the logits to the vocabulary shortlist of the batch (see the
+                class docstring); defaults to `config.use_shortlist`. Ignored when `labels` are given (the loss is
+                always over the full vocabulary).
 
         Returns:
             [`Seq2SeqLMOutput`] with `loss` (scalar, when `labels` are given: mean token cross-entropy, or sum /
@@ -836,8 +1119,8 @@ class GruAttnForConditionalGeneration(GruAttnPreTrainedModel, GenerationMixin):
             `cross_attentions`, `encoder_last_hidden_state`.
 
         Raises:
-            ValueError: as [`GruAttnModel.forward`], and on labels outside the target vocabulary (other than -100) or
-                of another shape than `decoder_input_ids`.
+            ValueError: as [`GruAttnModel.forward`], on labels outside the target vocabulary (other than -100) or
+                of another shape than `decoder_input_ids`, and on `use_shortlist` without a shortlist or source ids.
 
         Example:
 
@@ -879,7 +1162,14 @@ class GruAttnForConditionalGeneration(GruAttnPreTrainedModel, GenerationMixin):
         features = F.dropout(outputs.last_hidden_state, self.config.dropout, self.training)
         if self.config.tie_word_embeddings:
             features = torch.tanh(self.readout(features))
-        logits = self._vocabulary_logits(features)  # (batch, tgt_len, decoder_vocab_size)
+        shortlist = None
+        if (self.config.use_shortlist if use_shortlist is None else use_shortlist) and labels is None:
+            shortlist = cache.shortlist if isinstance(cache, GruAttnCache) else None
+            if shortlist is None:  # the first decoder step: the batch's candidates, kept in the cache from here on
+                shortlist = self._batch_shortlist(input_ids, attention_mask, encoder_outputs)
+                if outputs.cache is not None:
+                    outputs.cache.shortlist = shortlist
+        logits = self._vocabulary_logits(features, shortlist)  # (batch, tgt_len, decoder_vocab_size)
 
         loss = None
         if labels is not None:
@@ -908,6 +1198,7 @@ class GruAttnForConditionalGeneration(GruAttnPreTrainedModel, GenerationMixin):
 
 __all__ = [
     "GruAttnCache",
+    "GruAttnShortlist",
     "GruAttnEncoderOutput",
     "GruAttnForConditionalGeneration",
     "GruAttnModel",

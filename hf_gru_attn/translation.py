@@ -57,6 +57,15 @@ class DecodingArguments:
         },
     )
 
+    use_shortlist: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Decode with the model's vocabulary shortlist (shortlist.safetensors, from "
+            "scripts/build_shortlist.py): faster; scores over the candidate tokens only. Default: "
+            "config.use_shortlist."
+        },
+    )
+
     def __post_init__(self):
         for name in ("num_beams", "max_new_tokens", "batch_size"):
             value = getattr(self, name)
@@ -65,9 +74,10 @@ class DecodingArguments:
         if self.dtype not in (*DTYPES, "auto"):
             raise ValueError(f"--dtype must be one of {[*DTYPES, 'auto']}, got {self.dtype!r}.")
 
-    def generate_kwargs(self) -> dict[str, int]:
+    def generate_kwargs(self) -> dict[str, int | bool]:
         """Keyword arguments for `model.generate`: the options that were set; the model's defaults cover the rest."""
-        return {name: value for name in ("num_beams", "max_new_tokens") if (value := getattr(self, name)) is not None}
+        names = ("num_beams", "max_new_tokens", "use_shortlist")
+        return {name: value for name in names if (value := getattr(self, name)) is not None}
 
 
 @dataclass

@@ -23,6 +23,12 @@ its threads are scheduled, which other processes' load delays. Sections:
   down so that every sentence runs the full `--target_length` steps, as the seed's loop does;
 - greedy batches: the seed's greedy loop against our greedy `generate()` (seed converter's architecture) at each of
   `--greedy_batch_sizes`, fp32 (and ours in bf16, `from_pretrained(..., dtype=torch.bfloat16)`, when `--bf16`);
+- shortlist: sentences/s of the seed's greedy loop against our greedy `generate()` without and with the vocabulary
+  shortlist and beam search with it, at each of `--shortlist_batch_sizes`, for the seed converter's architecture. The
+  random model has no real table, so a synthetic one gives every batch `--shortlist_candidates` candidate target
+  tokens (special tokens included): by default the mean sizes that the table of `scripts/build_shortlist.py`
+  (top 10 per source token, 100 frequent) gives for batches of 32 and 64 Multi30k validation sentences with the
+  trained default-recipe model's tokenizer (8000 tokens);
 - decode scaling: greedy time per sentence for each of `--decode_source_lengths` (fixed output length), which grows
   linearly with the source length when nothing per step is quadratic; the slope columns should agree;
 - peak memory: the highest sum of live tensor allocations during one training step, greedy or beam decode, above
@@ -57,7 +63,7 @@ from torch.profiler import ProfilerActivity, profile
 from transformers import HfArgumentParser
 from transformers.utils import logging as hf_logging
 
-from hf_gru_attn import GruAttnConfig, GruAttnForConditionalGeneration
+from hf_gru_attn import GruAttnConfig, GruAttnForConditionalGeneration, GruAttnShortlist
 from hf_gru_attn.decoding_dtype import cpu_isa
 
 
@@ -66,6 +72,7 @@ QUICK_SIZES = {
     "vocab_size": 200, "embedding_size": 16, "hidden_size": 32, "batch_size": 4, "target_length": 5,
     "source_length": 6, "decode_source_lengths": [4, 8, 16], "matmul_size": 128, "warmup": 1, "repeats": 5,
     "greedy_batch_sizes": [2, 4], "loss_check_steps": 10, "onnx_batch_sizes": [2, 4],
+    "shortlist_batch_sizes": [4, 8], "shortlist_candidates": [50, 60],
 }
 
 
@@ -88,6 +95,14 @@ class BenchmarkArguments:
     )
     onnx_batch_sizes: list[int] = field(
         default_factory=lambda: [32, 64], metadata={"help": "Batch sizes of the ONNX Runtime sections."}
+    )
+    shortlist_batch_sizes: list[int] = field(
+        default_factory=lambda: [32, 64], metadata={"help": "Batch sizes of the shortlist section."}
+    )
+    shortlist_candidates: list[int] = field(
+        default_factory=lambda: [1032, 1431],
+        metadata={"help": "Candidate target tokens per batch in the shortlist section, one per batch size (default: "
+                  "what the Multi30k table gives for 32 and 64 sentences)."},
     )
     matmul_size: int = field(default=2048, metadata={"help": "Side of the square matmul that gives the peak."})
     warmup: int = field(default=1, metadata={"help": "Untimed runs of every contender before timing."})
@@ -119,6 +134,10 @@ class BenchmarkArguments:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}.")
         if not self.onnx_batch_sizes or min(self.onnx_batch_sizes) < 1:
             raise ValueError(f"--onnx_batch_sizes must be positive, got {self.onnx_batch_sizes}.")
+        if len(self.shortlist_candidates) != len(self.shortlist_batch_sizes) or not all(
+            EOS < size <= self.vocab_size for size in self.shortlist_candidates
+        ):
+            raise ValueError("--shortlist_candidates needs one size in (EOS, vocab_size] per --shortlist_batch_sizes.")
         if self.vocab_size // self.loss_check_width_divisor <= EOS + 1:
             raise ValueError("--loss_check_width_divisor leaves no room for ordinary tokens in the vocabulary.")
 
@@ -289,13 +308,15 @@ def never_emit_eos(model: GruAttnForConditionalGeneration):
         model.lm_head.bias[EOS] = -1e4
 
 
-def generate_runner(model: GruAttnForConditionalGeneration, source: torch.Tensor, new_tokens: int, beams: int):
+def generate_runner(model: GruAttnForConditionalGeneration, source: torch.Tensor, new_tokens: int, beams: int,
+                    use_shortlist: bool = False):
     """`generate()` with `beams` beams (1: greedy) and exactly `new_tokens` decoder steps."""
 
     def run():
         with torch.no_grad():
             return model.generate(
-                source, max_new_tokens=new_tokens, num_beams=beams, do_sample=False, max_length=None
+                source, max_new_tokens=new_tokens, num_beams=beams, do_sample=False, max_length=None,
+                **({"use_shortlist": True} if use_shortlist else {}),  # ONNX Runtime models take no such flag
             )
 
     return run
@@ -462,6 +483,52 @@ def bench_greedy_batches(args, report, seed_module, config: GruAttnConfig):
                       seed_seconds / seconds[f"ours greedy B={batch_size}"], 1.4)
 
 
+def synthetic_shortlist(vocab_size: int, num_candidates: int, generator: torch.Generator) -> GruAttnShortlist:
+    """A table whose candidate set is the special tokens and random other targets, `num_candidates` in all, for
+    every batch (no per-source candidates, so the size does not depend on the random source)."""
+    others = torch.randperm(vocab_size - (EOS + 1), generator=generator)[: num_candidates - (EOS + 1)] + EOS + 1
+    always = torch.cat([torch.arange(EOS + 1), others])
+    return GruAttnShortlist(torch.full((vocab_size, 1), -1), always, vocab_size)
+
+
+def bench_shortlist(args, report, seed_module, config: GruAttnConfig):
+    """Seed greedy loop against our greedy without and with the shortlist and beam search with it, per batch size."""
+    torch.manual_seed(args.seed)
+    seed = seed_module.Seq2Seq(args.vocab_size, args.embedding_size, args.hidden_size).eval()
+    model = GruAttnForConditionalGeneration(config).eval()
+    never_emit_eos(model)
+    generator = torch.Generator().manual_seed(args.seed)
+    for batch_size, num_candidates in zip(args.shortlist_batch_sizes, args.shortlist_candidates):
+        section = f"shortlist_batch{batch_size}"
+        model.set_shortlist(synthetic_shortlist(args.vocab_size, num_candidates, generator))
+        source = random_tokens(generator, args.vocab_size, batch_size, args.source_length)
+        beam = f"ours beam{args.num_beams} shortlist"
+        contenders = {
+            "seed greedy loop": seed_greedy_runner(seed, source, args.target_length),
+            "ours greedy": generate_runner(model, source, args.target_length, 1),
+            "ours greedy shortlist": generate_runner(model, source, args.target_length, 1, use_shortlist=True),
+            beam: generate_runner(model, source, args.target_length, args.num_beams, use_shortlist=True),
+        }
+        peak_name, peak_run = matmul_runner(args.matmul_size, torch.float32)
+        seconds = interleaved_medians({**contenders, peak_name: peak_run}, args.warmup, args.repeats)
+        peak = add_peak_row(report, section, peak_name, seconds.pop(peak_name), args.matmul_size)
+        shortlisted = GruAttnConfig(**{**config.to_dict(), "decoder_vocab_size": num_candidates})
+        for name, value in seconds.items():
+            if name == "seed greedy loop":
+                flops = seed_forward_flops(args, args.source_length, args.target_length)
+            else:
+                beams = args.num_beams if "beam" in name else 1
+                flops = model_forward_flops(shortlisted if "shortlist" in name else config, args.source_length,
+                                            args.target_length, beams)
+            report.add(section, name, ms=value * 1e3, throughput=batch_size / value, unit="sentences/s",
+                       utilisation_pct=100 * batch_size / value * flops / (peak * 1e9),
+                       candidates=num_candidates if "shortlist" in name else args.vocab_size)
+        rows = {row["name"]: row.get("throughput") for row in report.rows if row["section"] == section}
+        report.target(f"batch {batch_size}: ours greedy shortlist / seed loop",
+                      rows["ours greedy shortlist"] / rows["seed greedy loop"], 3.0)
+        report.target(f"batch {batch_size}: {beam} / seed greedy loop", rows[beam] / rows["seed greedy loop"], 1.0)
+
+
 def bench_decode_scaling(args, report, seed_module, config: GruAttnConfig):
     """Greedy decode time per sentence against the source length (fixed output length), interleaved."""
     torch.manual_seed(args.seed)
@@ -576,6 +643,7 @@ def format_table(header: dict, report: Report) -> str:
                     f"{name} {row['ms']:>10.1f} ms {row['throughput']:>10.1f} {row['unit']:<16} "
                     f"x{row['throughput'] / baseline:5.2f}  util {row['utilisation_pct']:5.1f}%"
                     + (f"  {row['mflop_per_token']:.1f} MFLOP/token" if "mflop_per_token" in row else "")
+                    + (f"  {row['candidates']} candidate tokens" if "candidates" in row else "")
                     + (f"  (compiled in {row['compile_seconds']:.0f} s)" if "compile_seconds" in row else "")
                 )
             elif "loss" in row:
@@ -628,6 +696,7 @@ def main():
     if args.bf16:
         bench_generation(args, report, seed_module, torch.bfloat16, configs)
     bench_greedy_batches(args, report, seed_module, configs["ours"])
+    bench_shortlist(args, report, seed_module, configs["ours"])
     bench_decode_scaling(args, report, seed_module, configs["ours"])
     bench_memory(args, report, trainers, seed, models, source)
     check_targets(args, report)

@@ -21,6 +21,8 @@ EXPECTED_ROWS = {
     "generate_bf16": ["matmul peak: bf16 linear 128^2", *GENERATE],
     "greedy_batches": [f"{name} B={batch_size}" for batch_size in (2, 4)
                        for name in ("seed greedy loop", "ours greedy", "ours greedy bf16")],
+    **{f"shortlist_batch{size}": ["matmul peak: fp32 mm 128^2", "seed greedy loop", "ours greedy",
+                                  "ours greedy shortlist", "ours beam5 shortlist"] for size in (4, 8)},
     "decode_scaling": [f"{who} S={length}" for who in ("ours", "seed") for length in (4, 8, 16)],
     "peak_memory": [f"train step: {name}" for name in ("seed", *MODELS)]
     + ["greedy: seed loop"]
@@ -36,6 +38,8 @@ if HAS_ONNX_RUNTIME:
         ]
 EXPECTED_TARGETS = [
     "bf16 autocast loss vs fp32 after the loss-check steps (%)",
+    *[f"batch {size}: ours {mode} / seed {loop}" for size in (4, 8)
+      for mode, loop in (("greedy shortlist", "loop"), ("beam5 shortlist", "greedy loop"))],
     "train fp32: ours / seed",
     "train fp32: ours utilisation of the fp32 matmul peak (%)",
     "greedy fp32: ours / seed loop fp32",
