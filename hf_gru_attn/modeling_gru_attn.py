@@ -1024,7 +1024,8 @@ class GruAttnForConditionalGeneration(GruAttnPreTrainedModel, GenerationMixin):
         `lm_head(features)` for `features` `(batch_size, target_length, readout_size)`. Without autograd on a CPU
         (decoding), the same product is taken in the layout that is fastest for few rows:
 
-        - one decoding step (`target_length == 1`) of a float32 model on an MKL build of torch: MKL's packed GEMM
+        - one decoding step (`target_length == 1`) of a float32 model outside autocast on an MKL build of torch:
+          MKL's packed GEMM
           (`cblas_sgemm_pack`/`compute`, as torch's inductor runs frozen float32 linears) on a copy of `W` packed
           for that many rows (1.07-1.4x faster than the layout below on AVX-512 at 32-64 rows); the copy is made on
           the first step of a row count and kept for the two latest row counts and the current weights (see
@@ -1052,7 +1053,8 @@ class GruAttnForConditionalGeneration(GruAttnPreTrainedModel, GenerationMixin):
             return self.lm_head(features)
         rows = features.reshape(-1, features.shape[-1])
         weight, bias = self.lm_head.weight, self.lm_head.bias
-        if _packed_gemm_usable() and features.shape[1] == 1 and weight.dtype == torch.float32 and bias is not None:
+        packable = weight.dtype == features.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+        if _packed_gemm_usable() and features.shape[1] == 1 and packable and bias is not None:
             packed = self._packed_output_weight(rows.shape[0])
             logits = torch.ops.mkl._mkl_linear(rows.contiguous(), packed, weight, bias, rows.shape[0])
         else:

@@ -160,6 +160,22 @@ def test_decoding_layout_of_the_output_layer_gives_the_training_logits(tie, bias
     torch.testing.assert_close(decoding, training.detach(), rtol=0, atol=ATOL)
 
 
+def test_decoding_step_under_bf16_autocast_takes_the_autocast_product():
+    # The Trainer evaluates a float32 model under bf16 autocast (--bf16): the features of a decoding step are then
+    # bf16 and the packed float32 weight cannot take them.
+    model = make_model(seed=5)
+    generator = torch.Generator().manual_seed(6)
+    input_ids, attention_mask = pad_batch([random_ids(length, generator) for length in (5, 2, 4)])
+    decoder_input_ids = torch.stack([random_ids(1, generator) for _ in range(3)])
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "decoder_input_ids": decoder_input_ids}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            decoding = model(**inputs).logits
+        training = model(**inputs).logits.detach()  # with autograd: lm_head itself
+    assert decoding.dtype == training.dtype == torch.bfloat16
+    torch.testing.assert_close(decoding, training, rtol=0.02, atol=0.05)
+
+
 @pytest.mark.skipif(not modeling_gru_attn._HAS_MKL_PACKED_GEMM, reason="this torch build has no MKL packed GEMM")
 @pytest.mark.parametrize("tie", [False, True])
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # torch.jit.trace
