@@ -266,3 +266,4 @@ def test_distributed_processes_agree_on_rank_0s_clock(tmp_path):
     rank1 = json.loads((tmp_path / "rank1.json").read_text())
     assert rank0 == [10.0, 10.0]
     assert rank1 == [10.0, 15.0]  # updated to rank 0's reading; its own reading is 15 s
+
