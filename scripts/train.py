@@ -43,6 +43,7 @@ from hf_gru_attn.data import Seq2SeqCollator, load_bundled_multi30k, load_parall
 from hf_gru_attn.decoding_dtype import choose_decoding_dtype  # noqa: E402
 from hf_gru_attn.evaluation import build_compute_metrics, compute_translation_metrics, decode_token_ids  # noqa: E402
 from hf_gru_attn.model_card import TrainingData, render_model_card  # noqa: E402
+from hf_gru_attn.shortlist import build_shortlist  # noqa: E402
 from hf_gru_attn.time_budget import TrainingClock, WallClockCallback  # noqa: E402
 from hf_gru_attn.tokenization import train_tokenizer  # noqa: E402
 from hf_gru_attn.training import TranslationTrainer, check_output_dir, plot_learning_curve  # noqa: E402
@@ -70,7 +71,7 @@ PRESETS = {
     # A time budget: the schedule runs over 29 minutes whatever the machine's speed (the epoch count only bounds it).
     "default": COMMON + [
         "--max_train_minutes", "29", "--eval_every_minutes", "4", "--num_train_epochs", "1000",
-        "--warmup_steps", "0.04", "--average_last_checkpoints", "3", "--bf16", "auto",
+        "--warmup_steps", "0.04", "--average_last_checkpoints", "3", "--bf16", "auto", "--use_shortlist", "true",
     ],
     "quick": COMMON + [
         "--embedding_size", "128", "--hidden_size", "256", "--vocab_size", "2000",
@@ -148,6 +149,11 @@ class RecipeArguments:
         default=0,
         metadata={"help": "At the end, average the last K checkpoints and keep the average if its validation BLEU "
                   "beats the best checkpoint's (needs --save_total_limit >= K); 0 or 1: no averaging."},
+    )
+    use_shortlist: bool = field(
+        default=False,
+        metadata={"help": "After training, build the vocabulary shortlist from the training pairs (top 10 targets per "
+                  "source token, 100 frequent ones), save it with the model and decode with it (use_shortlist)."},
     )
     adapt_threads_to_load: bool = field(
         default=True,
@@ -345,6 +351,13 @@ def main(argv: list[str] | None = None):
     metrics = dict(train_result.metrics, train_wall_clock_minutes=train_minutes)
     if recipe_args.average_last_checkpoints > 1 and training_args.load_best_model_at_end and "validation" in tokenized:
         metrics.update(keep_checkpoint_average_if_better(trainer, recipe_args.average_last_checkpoints))
+    if recipe_args.use_shortlist:
+        model = trainer.model
+        model.set_shortlist(build_shortlist(
+            tokenized["train"]["input_ids"], tokenized["train"]["labels"], model.config.vocab_size,
+            model.config.decoder_vocab_size, special_ids=tokenizer.all_special_ids,
+        ))
+        model.config.use_shortlist = True
     trainer.save_model()
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)

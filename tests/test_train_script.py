@@ -156,3 +156,20 @@ def test_bf16_auto_trains_in_bf16_only_where_it_measures_faster(train_script, tm
     assert train_script.parse_arguments(flags + ["--bf16", "false"])[2].bf16 is False  # given values are kept
     assert train_script.parse_arguments(flags + ["--bf16", "true"])[2].bf16 is True
     assert len(calls) == 1
+
+
+def test_use_shortlist_saves_the_table_and_decodes_the_test_set_with_it(train_script, tmp_path):
+    output_dir = tmp_path / "model"
+    train_script.main(["--output_dir", str(output_dir), *TINY, "--use_shortlist", "true"])
+    assert (output_dir / "shortlist.safetensors").is_file()
+    model = AutoModelForSeq2SeqLM.from_pretrained(output_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    assert model.config.use_shortlist and model.shortlist is not None
+    sources = read_lines(BUNDLED_MULTI30K_DIR / "test2016.de", 8)
+    batch = tokenizer(sources, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        output = model.generate(**batch, num_beams=2, max_length=12)
+    hypotheses = tokenizer.batch_decode(output, skip_special_tokens=True)
+    assert hypotheses == read_lines(output_dir / "test_predictions.txt", 8)
+    candidates = model.shortlist.candidate_ids(batch["input_ids"], batch["attention_mask"])
+    assert torch.isin(output[:, 1:], torch.cat([candidates, torch.tensor([0, 1, 2])])).all()
