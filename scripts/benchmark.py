@@ -308,6 +308,15 @@ def never_emit_eos(model: GruAttnForConditionalGeneration):
         model.lm_head.bias[EOS] = -1e4
 
 
+def seed_and_ours(args, seed_module, config: GruAttnConfig):
+    """The seed model and ours (`config`), in eval mode, seeded by `args.seed`; ours never emits EOS."""
+    torch.manual_seed(args.seed)
+    seed = seed_module.Seq2Seq(args.vocab_size, args.embedding_size, args.hidden_size).eval()
+    model = GruAttnForConditionalGeneration(config).eval()
+    never_emit_eos(model)
+    return seed, model
+
+
 def generate_runner(model: GruAttnForConditionalGeneration, source: torch.Tensor, new_tokens: int, beams: int,
                     use_shortlist: bool = False):
     """`generate()` with `beams` beams (1: greedy) and exactly `new_tokens` decoder steps."""
@@ -456,10 +465,7 @@ def bench_generation(args, report, seed_module, dtype: torch.dtype, configs: dic
 
 def bench_greedy_batches(args, report, seed_module, config: GruAttnConfig):
     """Sentences/s of the seed's greedy loop and of our greedy generate() at each batch size, interleaved."""
-    torch.manual_seed(args.seed)
-    seed = seed_module.Seq2Seq(args.vocab_size, args.embedding_size, args.hidden_size).eval()
-    model = GruAttnForConditionalGeneration(config).eval()
-    never_emit_eos(model)
+    seed, model = seed_and_ours(args, seed_module, config)
     models = {"ours greedy": model}
     if args.bf16:
         with tempfile.TemporaryDirectory() as folder:
@@ -493,10 +499,7 @@ def synthetic_shortlist(vocab_size: int, num_candidates: int, generator: torch.G
 
 def bench_shortlist(args, report, seed_module, config: GruAttnConfig):
     """Seed greedy loop against our greedy without and with the shortlist and beam search with it, per batch size."""
-    torch.manual_seed(args.seed)
-    seed = seed_module.Seq2Seq(args.vocab_size, args.embedding_size, args.hidden_size).eval()
-    model = GruAttnForConditionalGeneration(config).eval()
-    never_emit_eos(model)
+    seed, model = seed_and_ours(args, seed_module, config)
     generator = torch.Generator().manual_seed(args.seed)
     for batch_size, num_candidates in zip(args.shortlist_batch_sizes, args.shortlist_candidates):
         section = f"shortlist_batch{batch_size}"
@@ -531,10 +534,7 @@ def bench_shortlist(args, report, seed_module, config: GruAttnConfig):
 
 def bench_decode_scaling(args, report, seed_module, config: GruAttnConfig):
     """Greedy decode time per sentence against the source length (fixed output length), interleaved."""
-    torch.manual_seed(args.seed)
-    seed = seed_module.Seq2Seq(args.vocab_size, args.embedding_size, args.hidden_size).eval()
-    model = GruAttnForConditionalGeneration(config).eval()
-    never_emit_eos(model)
+    seed, model = seed_and_ours(args, seed_module, config)
     generator = torch.Generator().manual_seed(args.seed)
     contenders = {}
     for length in args.decode_source_lengths:

@@ -17,7 +17,6 @@ from unittest import mock
 import pytest
 import torch
 from transformers import GenerationConfig, GenerationMixin
-from transformers.utils import logging
 
 from hf_gru_attn import GruAttnConfig, GruAttnForConditionalGeneration
 from hf_gru_attn.data import BUNDLED_MULTI30K_DIR
@@ -41,15 +40,6 @@ CONFIGS = {
     "general_2_layers": {"attention_type": "general", "encoder_layers": 2, "decoder_layers": 2},
     "dot_truncated": {"attention_type": "dot", "max_source_positions": 8},
 }
-
-
-@pytest.fixture(autouse=True)
-def _quiet_transformers():
-    """Hide transformers' per-call notice that `max_new_tokens` overrides the shipped `max_length` default."""
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity_error()
-    yield
-    logging.set_verbosity(verbosity)
 
 
 def bundled_lines(name: str, count: int) -> list[str]:

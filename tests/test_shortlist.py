@@ -16,7 +16,6 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from test_generation import WORDS, build_tokenizer
 from transformers import AutoModelForSeq2SeqLM
-from transformers.utils import logging
 
 from hf_gru_attn import GruAttnConfig, GruAttnForConditionalGeneration, GruAttnShortlist
 from hf_gru_attn.modeling_gru_attn import SHORTLIST_NAME
@@ -28,15 +27,6 @@ PAD, BOS, EOS = 0, 1, 2
 VOCAB_SIZE = 24
 SOURCES = [[5, 6, 2, 0, 0], [8, 9, 10, 11, 2]]
 MASK = [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
-
-
-@pytest.fixture(autouse=True)
-def _quiet_transformers():
-    """Hide transformers' per-call notice that `max_new_tokens` overrides the shipped `max_length` default."""
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity_error()
-    yield
-    logging.set_verbosity(verbosity)
 
 
 def make_model(seed: int = 0, **overrides) -> GruAttnForConditionalGeneration:
