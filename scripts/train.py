@@ -71,7 +71,7 @@ PRESETS = {
     # A time budget: the schedule runs over 29 minutes whatever the machine's speed (the epoch count only bounds it).
     "default": COMMON + [
         "--max_train_minutes", "29", "--eval_every_minutes", "4", "--num_train_epochs", "1000",
-        "--warmup_steps", "0.04", "--average_last_checkpoints", "3", "--bf16", "auto", "--use_shortlist", "true",
+        "--warmup_steps", "0.04", "--average_last_checkpoints", "3", "--bf16", "auto",
     ],
     "quick": COMMON + [
         "--embedding_size", "128", "--hidden_size", "256", "--vocab_size", "2000",
