@@ -80,6 +80,18 @@ class TrainingClock:
         return min(1.0, self._elapsed / self.budget_seconds)
 
 
+def check_warmup_fraction(warmup_fraction: float):
+    """
+    Raises `ValueError` unless `warmup_fraction` (`--warmup_steps` under `--max_train_minutes`) is in [0, 1): with a
+    time budget the warmup is a share of the budget, as the step count is not known in advance.
+    """
+    if not 0 <= warmup_fraction < 1:
+        raise ValueError(
+            f"With --max_train_minutes, --warmup_steps is the fraction of the time budget spent warming up and "
+            f"must be in [0, 1), got {warmup_fraction} (steps cannot be known in advance; e.g. pass 0.05)."
+        )
+
+
 class TimeBudgetLRScheduler(LambdaLR):
     """
     A transformers learning-rate schedule (`get_scheduler`: linear, cosine, inverse_sqrt, ... with linear warmup)
@@ -106,11 +118,7 @@ class TimeBudgetLRScheduler(LambdaLR):
                  scheduler_specific_kwargs: dict | None = None):
         if clock.budget_seconds is None:
             raise ValueError("TimeBudgetLRScheduler needs a clock with a budget (--max_train_minutes).")
-        if not 0 <= warmup_fraction < 1:
-            raise ValueError(
-                f"With --max_train_minutes, --warmup_steps is the fraction of the time budget spent warming up and "
-                f"must be in [0, 1), got {warmup_fraction} (steps cannot be known in advance; e.g. pass 0.05)."
-            )
+        check_warmup_fraction(warmup_fraction)
         self.clock = clock
         # The schedule's multipliers, taken from transformers on a stand-in optimizer, so the real one is untouched.
         stand_in = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)

@@ -44,7 +44,7 @@ from hf_gru_attn.decoding_dtype import choose_decoding_dtype  # noqa: E402
 from hf_gru_attn.evaluation import build_compute_metrics, compute_translation_metrics, decode_token_ids  # noqa: E402
 from hf_gru_attn.model_card import TrainingData, render_model_card  # noqa: E402
 from hf_gru_attn.shortlist import build_shortlist  # noqa: E402
-from hf_gru_attn.time_budget import TrainingClock, WallClockCallback  # noqa: E402
+from hf_gru_attn.time_budget import TrainingClock, WallClockCallback, check_warmup_fraction  # noqa: E402
 from hf_gru_attn.tokenization import train_tokenizer  # noqa: E402
 from hf_gru_attn.training import TranslationTrainer, check_output_dir, plot_learning_curve  # noqa: E402
 
@@ -247,11 +247,8 @@ def main(argv: list[str] | None = None):
 
     clock = TrainingClock(recipe_args.max_train_minutes)
     clock_callback = WallClockCallback(clock, recipe_args.eval_every_minutes)
-    if clock.budget_seconds is not None and not 0 <= training_args.warmup_steps < 1:
-        raise ValueError(
-            f"With --max_train_minutes, --warmup_steps is the fraction of the time budget spent warming up (steps "
-            f"are not known in advance): pass a value in [0, 1) such as 0.05, not {training_args.warmup_steps}."
-        )
+    if clock.budget_seconds is not None:
+        check_warmup_fraction(training_args.warmup_steps)
     last_checkpoint = check_output_dir(training_args.output_dir, recipe_args.overwrite_output_dir)
     logger.info(f"Training {'under bf16 autocast' if training_args.bf16 else 'in float32'}.")
     output_dir = Path(training_args.output_dir)
